@@ -1,0 +1,147 @@
+"""The thin adapter between fgvc's methods and timm backbones.
+
+Every backbone comes from timm; fgvc never vendors backbone code. This module creates them (random,
+pretrained from timm's sources, or pretrained from a local file on an offline machine, Google ``.npz``
+included), reads their normalization constants, turns their feature outputs into spatial maps and
+gives multi-stage features. Methods touch backbones only through these functions and timm's contract
+(``forward_features``, ``forward_head``, ``forward_intermediates``, ``feature_info``).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import timm
+import torch
+from torch import nn
+
+from .errors import ConfigError, FgvcError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def check_backbone_name(name: str) -> None:
+    """Raises :class:`ConfigError` for a name timm does not know, with the nearest names."""
+    if timm.is_model(name):
+        return
+    base = name.split(".")[0]
+    if timm.is_model(base):
+        return
+    near = difflib.get_close_matches(base, timm.list_models(), n=3, cutoff=0.6)
+    hint = f" (did you mean {', '.join(near)}?)" if near else ""
+    raise ConfigError(f"model.backbone: '{name}' is not a timm model{hint}")
+
+
+def create_backbone(name: str, *, pretrained: bool = False, pretrained_file: Optional[str] = None,
+                    img_size: Optional[int] = None, drop_path_rate: float = 0.0, num_classes: int = 0,
+                    **kwargs: Any) -> nn.Module:
+    """Creates a timm model without its classifier (``num_classes=0``: pooled features).
+
+    Args:
+        name: A timm model name (``vit_base_patch16_224``, ``resnet50``, ``swin_large_patch4_window12_384``).
+        pretrained: Load pretrained weights from timm's usual sources (needs the network or timm's cache).
+        pretrained_file: Load pretrained weights from this local file instead: a timm/PyTorch checkpoint,
+            a ``.safetensors`` file or a Google ViT ``.npz``. Implies ``pretrained``. The classifier is
+            dropped and position embeddings are resized to ``img_size`` by timm's loaders.
+        img_size: Input size, for the models whose shape depends on it (ViT, Swin); ignored by CNNs.
+        drop_path_rate: Stochastic depth rate.
+        num_classes: Classes of timm's own head; 0 removes it.
+        **kwargs: Passed to ``timm.create_model`` (e.g. ``embed_dim`` for a tiny test model).
+
+    Raises:
+        ConfigError: Unknown model or argument. FgvcError: weights that cannot be found or do not fit.
+    """
+    check_backbone_name(name)
+    kw: dict[str, Any] = dict(kwargs)
+    if drop_path_rate:
+        kw["drop_path_rate"] = drop_path_rate
+    if pretrained_file:
+        path = Path(pretrained_file).expanduser()
+        if not path.is_file():
+            raise FgvcError(f"pretrained weight file not found: {path}")
+        overlay = {"file": str(path)}
+        if path.suffix == ".npz":
+            overlay["custom_load"] = True  # timm's Google/JAX loader (ViT family)
+        kw["pretrained_cfg_overlay"] = overlay
+        pretrained = True
+
+    def make(with_size: bool) -> nn.Module:
+        extra = {"img_size": img_size} if with_size and img_size else {}
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **extra, **kw)
+
+    try:
+        try:
+            model = make(with_size=True)
+        except TypeError as e:
+            if "img_size" not in str(e):
+                raise
+            model = make(with_size=False)  # CNNs take any size and have no img_size argument
+    except TypeError as e:
+        raise ConfigError(f"model.backbone_args do not fit {name}: {e}") from None
+    except (RuntimeError, OSError, ValueError, KeyError) as e:
+        if not pretrained:
+            raise
+        source = f"from {pretrained_file}" if pretrained_file else "from timm's sources"
+        msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else e.__class__.__name__
+        hint = "" if pretrained_file else " (offline? download them once, then pass model.pretrained_file=PATH)"
+        raise FgvcError(f"cannot load pretrained weights for {name} {source}: {msg}{hint}") from None
+    except Exception as e:  # network errors from huggingface_hub / urllib
+        if pretrained and not pretrained_file:
+            raise FgvcError(f"cannot fetch pretrained weights for {name}: {e.__class__.__name__}: "
+                            f"{str(e)[:200]} (offline? pass model.pretrained_file=PATH)") from None
+        raise
+    return model
+
+
+def mean_std(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The normalization the backbone's pretrained weights expect (ImageNet's when unknown)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
+
+
+def is_vit(model: nn.Module) -> bool:
+    """A plain ViT (timm VisionTransformer layout): patch embedding, class token, blocks, norm."""
+    return all(hasattr(model, a) for a in ("patch_embed", "blocks", "cls_token", "pos_embed")) and \
+        getattr(model, "cls_token", None) is not None
+
+
+def to_nchw(model: nn.Module, feats: torch.Tensor) -> torch.Tensor:
+    """Turns ``forward_features`` output into a spatial map ``[B, C, h, w]``.
+
+    CNNs already give NCHW; Swin-like models give NHWC (``output_fmt``); ViTs give tokens, whose prefix
+    tokens are dropped and the rest laid out on the patch grid.
+    """
+    if feats.ndim == 4:
+        return feats.permute(0, 3, 1, 2) if getattr(model, "output_fmt", "NCHW") == "NHWC" else feats
+    if feats.ndim == 3:
+        prefix = getattr(model, "num_prefix_tokens", 0)
+        tokens = feats[:, prefix:]
+        grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+        n = tokens.shape[1]
+        h, w = grid if grid and grid[0] * grid[1] == n else (int(n ** 0.5), n // int(n ** 0.5))
+        if h * w != n:
+            raise ValueError(f"cannot lay {n} tokens out on a grid")
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
+    raise ValueError(f"unexpected feature shape {tuple(feats.shape)}")
+
+
+def stage_features(model: nn.Module, x: torch.Tensor, indices: Sequence[int]) -> list[torch.Tensor]:
+    """Multi-stage features as NCHW maps, through timm's ``forward_intermediates``.
+
+    Args:
+        model: A timm model that implements ``forward_intermediates`` (ResNet, ConvNeXt, EfficientNet,
+            Swin, ViT, ...).
+        x: Input images.
+        indices: Which stages (``feature_info`` positions; negative counts from the end).
+    """
+    if not hasattr(model, "forward_intermediates"):
+        raise ConfigError(f"{type(model).__name__} gives no multi-stage features (no forward_intermediates)")
+    return model.forward_intermediates(x, indices=list(indices), intermediates_only=True, output_fmt="NCHW")
+
+
+def num_features(model: nn.Module) -> int:
+    """Width of the pooled feature vector."""
+    return int(getattr(model, "num_features"))

@@ -1,0 +1,345 @@
+"""Typed configuration: dataclasses per component, YAML recipes and dotted command-line overrides.
+
+A recipe is a YAML file whose top-level keys mirror :class:`RunConfig`. It may name a ``_base_`` file
+(a path relative to itself) whose values it extends. Command-line arguments ``key=value`` override single
+fields (``train.lr=0.01``, ``data.root=/data/CUB_200_2011``); values are parsed as YAML scalars.
+
+Every value is checked against the type of its field before any work starts: an unknown key or a wrong
+type raises :class:`~fgvc.errors.ConfigError` naming the dotted key. Method-specific options live in the
+free-form ``method:`` mapping and are validated by the method's own dataclass (see
+:func:`fgvc.registry.resolve_method_config`), so this module knows nothing about any method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class SyntheticConfig:
+    """The built-in synthetic fine-grained dataset (see :mod:`fgvc.data.synthetic`)."""
+
+    classes: int = 10
+    train_per_class: int = 40
+    test_per_class: int = 20
+    size: int = 128
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    """Which dataset to read and how to turn its images into tensors."""
+
+    dataset: str = "synthetic"
+    root: Optional[str] = None
+    options: dict[str, Any] = field(default_factory=dict)  # reader keyword options (e.g. level: family)
+    train_splits: Optional[list[str]] = None  # None: the reader's official training splits
+    test_splits: Optional[list[str]] = None  # None: the reader's official test split
+    val_fraction: float = 0.0  # >0 carves a seeded, stratified validation split out of train
+    img_size: int = 224  # the crop fed to the network
+    resize: Optional[int] = None  # None: round(img_size / 0.875)
+    resize_mode: Literal["square", "shorter"] = "square"  # square: (r, r), aspect not kept (the papers)
+    hflip: bool = True
+    autoaugment: bool = False  # torchvision's ImageNet AutoAugment policy
+    color_jitter: list[float] = field(default_factory=list)  # [brightness, contrast, saturation, hue]
+    blur_p: float = 0.0  # RandomApply(GaussianBlur(5, sigma 0.1..5)) probability (PIM/HERBS)
+    sharpness_p: float = 0.0  # RandomAdjustSharpness(1.5) probability (PIM/HERBS)
+    mean: Optional[list[float]] = None  # None: the backbone's pretrained config
+    std: Optional[list[float]] = None
+    batch_size: int = 32  # per process
+    eval_batch_size: int = 64
+    num_workers: int = 4
+    bad_data: Literal["raise", "skip"] = "raise"
+    skip_budget: int = 100  # with bad_data=skip: stop the run after this many bad samples
+    check_images: bool = False  # decode every image before training (fgvc data verify does it too)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class ModelConfig:
+    """The method and its timm backbone."""
+
+    method: str = "baseline"
+    backbone: str = "resnet50"
+    pretrained: bool = False
+    pretrained_file: Optional[str] = None  # a local weight file: timm checkpoint, safetensors or Google .npz
+    backbone_args: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model keyword args
+    drop_path_rate: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, schedule, precision, checkpointing and logging."""
+
+    epochs: int = 10
+    steps: int = 0  # optimizer steps; >0 overrides epochs (TransFG and RAMS-Trans count steps)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.01  # learning rate of the pretrained backbone
+    head_lr_scale: float = 1.0  # new layers train at lr * head_lr_scale
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_steps: int = 0  # linear warm-up from 0, in optimizer steps
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of the peak
+    step_epochs: float = 30.0  # step schedule: multiply by step_gamma every step_epochs epochs
+    step_gamma: float = 0.1
+    grad_accum: int = 1
+    clip_grad: Optional[float] = None  # global L2 norm
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, none on CPU
+    channels_last: bool = False
+    compile: bool = False
+    ema_decay: float = 0.0  # 0 disables the EMA of the weights
+    loss: Literal["ce", "smoothing", "gce"] = "ce"
+    label_smoothing: float = 0.1
+    gce_k: int = 15
+    seed: int = 0
+    log_every: int = 20
+    eval_every: int = 1  # epochs between validation passes (0: only at the end)
+    ckpt_every: int = 0  # steps between checkpoints (0: at the end of each epoch only)
+    keep_checkpoints: int = 2  # step-N.pt files kept beside last.pt
+    nonfinite: Literal["stop", "skip"] = "stop"
+    nonfinite_budget: int = 10  # with nonfinite=skip: stop after this many skipped steps
+    select: Literal["last", "best_val"] = "last"  # which weights the final test uses
+    tensorboard: bool = False
+    find_unused_parameters: bool = False  # DDP
+    record_sample_ids: bool = False  # append each step's sample indices (rank 0) to sample_ids.txt
+
+
+@dataclass
+class EvalConfig:
+    """The evaluation report."""
+
+    topk: int = 5
+    confused_pairs: int = 10
+    explain_samples: int = 8  # overlays written into report/explain after training (0: none)
+
+
+@dataclass
+class ReferenceConfig:
+    """What a recipe reproduces: the paper's setting and number, kept beside the config."""
+
+    paper: str = ""
+    paper_top1: Optional[float] = None
+    notes: str = ""
+
+
+@dataclass
+class RunConfig:
+    """Everything one run needs; saved as ``config.yaml`` in the run folder."""
+
+    name: str = "run"
+    out: Optional[str] = None  # run folder; None: runs/<name>-<time>
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    method: dict[str, Any] = field(default_factory=dict)  # validated by the method's own Config
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Typed conversion
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Checks ``value`` against the annotation ``tp`` and returns it converted (lists, dataclasses)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0]
+    if origin is Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"{key}: {value!r} is not one of {_type_name(tp)}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, prefix=f"{key}.")
+    if origin in (list, tuple):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]  # `key=0.5` for a one-element list
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        item_tp = args[0] if args else Any
+        return [_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # `name=2024` parses as an int
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover - a programming error
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Builds the dataclass ``cls`` from a mapping, checking every key and type.
+
+    Args:
+        cls: A dataclass type.
+        data: Values to set; missing fields keep their defaults.
+        prefix: The dotted path of ``cls`` inside the whole config, for error messages.
+
+    Raises:
+        ConfigError: For an unknown key (with a suggestion) or a value of the wrong type.
+    """
+    types_ = _field_types(cls)
+    kwargs = {}
+    for key, value in (data or {}).items():
+        if key not in types_:
+            hint = difflib.get_close_matches(str(key), list(types_), n=1)
+            suggestion = f" (did you mean '{prefix}{hint[0]}'?)" if hint else ""
+            raise ConfigError(f"unknown config key '{prefix}{key}'{suggestion}")
+        kwargs[key] = _convert(value, types_[key], f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass (nested) as plain dicts and lists, ready for YAML or JSON."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+# ----------------------------------------------------------------------------------------------------
+# YAML files and overrides
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Reads a recipe, following its ``_base_`` chain."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e.__class__.__name__}: {e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of sections")
+    base = data.pop("_base_", None)
+    if base:
+        data = _deep_merge(read_yaml(path.parent / base), data)
+    return data
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Turns ``["train.lr=0.1", "data.root=/x"]`` into a nested mapping."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override '{item}' has an empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}' conflicts with another override")
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> RunConfig:
+    """Loads a recipe, applies overrides and validates everything.
+
+    Args:
+        path: A YAML recipe, or None for the defaults.
+        overrides: ``key=value`` strings, applied last.
+        base: A mapping applied before the overrides (the CLI's ``--method`` and ``--dataset`` flags).
+
+    Returns:
+        The validated :class:`RunConfig`.
+    """
+    data: dict[str, Any] = read_yaml(path) if path else {}
+    if base:
+        data = _deep_merge(data, base)
+    if overrides:
+        data = _deep_merge(data, parse_overrides(overrides))
+    return from_dict(RunConfig, data)
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    """Writes the resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def config_from_saved(data: dict[str, Any]) -> RunConfig:
+    """Rebuilds a :class:`RunConfig` from the dict stored in a checkpoint or ``config.yaml``."""
+    return from_dict(RunConfig, data)

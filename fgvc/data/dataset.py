@@ -1,0 +1,129 @@
+"""Decoding images into tensors: RGB conversion, the bad-file policy, reproducible augmentation.
+
+The augmentation of a sample is a pure function of ``(seed, epoch, index)``: :class:`ImageDataset` seeds
+the random generators from those three numbers around the transform. Data order comes from the
+sampler, so neither the number of loader workers nor a resume in the middle of an epoch changes which
+crop or flip a sample gets (the exact-resume promise of docs/reliability.md).
+"""
+
+from __future__ import annotations
+
+import random
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Optional, Sequence
+
+import torch
+from PIL import Image, ImageFile
+
+from ..errors import DataError
+from .records import Record
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated JPEG is an error, never silently grey
+
+
+def load_rgb(path: str, crop_bottom: int = 0) -> Image.Image:
+    """Opens an image fully decoded as 8-bit RGB.
+
+    Grayscale, palette, CMYK, 16-bit and RGBA images are converted (alpha is dropped).
+
+    Raises:
+        OSError / ValueError / PIL errors for a missing, empty, truncated or non-image file.
+    """
+    with Image.open(path) as im:
+        im.load()
+        if im.mode == "RGBA" or im.mode == "LA" or (im.mode == "P" and "transparency" in im.info):
+            im = im.convert("RGBA")
+            bg = Image.new("RGB", im.size, (255, 255, 255))
+            bg.paste(im, mask=im.getchannel("A"))
+            im = bg
+        elif im.mode.startswith("I;16") or im.mode == "I":
+            im = im.point(lambda v: v * (1 / 256)).convert("L").convert("RGB")
+        elif im.mode != "RGB":
+            im = im.convert("RGB")
+        else:
+            im = im.copy()
+    if crop_bottom:
+        im = im.crop((0, 0, im.width, max(1, im.height - crop_bottom)))
+    return im
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one sample's augmentation."""
+    return ((seed * 1_000_003 + epoch) * 10_000_019 + index) % (2**63 - 1)
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Records to ``(image, label, index, bad_index)`` tuples.
+
+    Args:
+        records: What to read.
+        transform: PIL image to tensor.
+        seed: Base seed of the per-sample augmentation.
+        bad_data: ``raise`` stops at the first unreadable image, naming it; ``skip`` returns the next
+            readable sample instead and reports the bad index in the fourth element (-1 when the sample
+            was fine) so the trainer can count and budget them.
+
+    Items are looked up by ``index`` or by ``(index, epoch)`` (the training sampler passes the epoch).
+    """
+
+    def __init__(self, records: Sequence[Record], transform: Callable, seed: int = 0, bad_data: str = "raise"):
+        self.records = list(records)
+        self.transform = transform
+        self.seed = seed
+        self.bad_data = bad_data
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _load(self, index: int, epoch: int) -> torch.Tensor:
+        rec = self.records[index]
+        img = load_rgb(rec.path, rec.crop_bottom)
+        s = sample_seed(self.seed, epoch, index)
+        py_state = random.getstate()
+        with torch.random.fork_rng(devices=[]):  # keep the caller's generator untouched (num_workers=0)
+            torch.manual_seed(s)
+            random.seed(s)
+            try:
+                return self.transform(img)
+            finally:
+                random.setstate(py_state)
+
+    def __getitem__(self, key):
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        bad = -1
+        for attempt in range(len(self.records)):
+            i = (index + attempt) % len(self.records)
+            try:
+                return self._load(i, epoch), self.records[i].label, i, bad
+            except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
+                if self.bad_data == "raise":
+                    raise DataError(f"cannot read image {self.records[i].path} (dataset index {i}): "
+                                    f"{e.__class__.__name__}: {e}") from None
+                if bad < 0:
+                    bad = i
+        raise DataError("no readable image in the dataset")
+
+
+def check_images(records: Sequence[Record], workers: int = 8,
+                 progress: Optional[Callable[[int], None]] = None) -> list[tuple[int, str, str]]:
+    """Decodes every image; returns ``(index, path, reason)`` for each one that cannot be read.
+
+    Grayscale, CMYK and RGBA images are fine (they are converted); empty, truncated and non-image files
+    are reported.
+    """
+
+    def check(i: int) -> Optional[tuple[int, str, str]]:
+        try:
+            load_rgb(records[i].path, records[i].crop_bottom)
+            return None
+        except Exception as e:  # noqa: BLE001
+            return (i, records[i].path, f"{e.__class__.__name__}: {e}")
+
+    bad = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for result in pool.map(check, range(len(records)), chunksize=16):
+            if progress:
+                progress(1)
+            if result:
+                bad.append(result)
+    return bad

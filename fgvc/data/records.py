@@ -1,0 +1,130 @@
+"""What every reader returns: one :class:`Record` per image inside a :class:`DatasetIndex`.
+
+Labels are contiguous ``0..K-1``; the dataset's own class ids are kept in ``DatasetIndex.class_ids`` so
+that predictions print the dataset's names and a checkpoint can be matched to its dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..errors import DataError
+
+
+@dataclass
+class Record:
+    """One annotated image.
+
+    Attributes:
+        path: The image file.
+        label: Contiguous class index in ``0..K-1``.
+        split: The official split it belongs to (``train``, ``val``, ``test``, ...).
+        box: Object box ``(x, y, w, h)`` in pixels of the original image, where the dataset has one.
+        parts: ``[P, 3]`` array of ``(x, y, visible)`` part locations in pixels, where the dataset has them.
+        crop_bottom: Pixels to cut from the bottom when decoding (FGVC-Aircraft's copyright banner).
+        extra: Other per-image annotations (hierarchy levels, species, image id).
+    """
+
+    path: str
+    label: int
+    split: str
+    box: Optional[tuple[float, float, float, float]] = None
+    parts: Optional[np.ndarray] = None
+    crop_bottom: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class DatasetIndex:
+    """Everything a reader found: the records, the class names and the official split names.
+
+    Attributes:
+        name: Reader name (``cub``, ``cars``, ...).
+        root: The dataset root that was read.
+        records: One record per image, every split.
+        class_names: ``class_names[label]`` is the dataset's own name of the class.
+        class_ids: ``class_ids[label]`` is the dataset's own id of the class (as a string).
+        train_splits: The official training splits (FGVC papers train on train+val where both exist).
+        test_splits: The official test split.
+        expected: Official image counts per split, for ``fgvc data verify``.
+        part_names: Names of the parts in ``Record.parts``, where the dataset has them.
+        notes: Things the reader noticed and the user should know (renamed mirrors, cropped banners).
+    """
+
+    name: str
+    root: str
+    records: list[Record]
+    class_names: list[str]
+    class_ids: list[str]
+    train_splits: tuple[str, ...] = ("train",)
+    test_splits: tuple[str, ...] = ("test",)
+    expected: dict[str, int] = field(default_factory=dict)
+    expected_classes: Optional[int] = None
+    part_names: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def select(self, splits: Sequence[str]) -> list[Record]:
+        """The records of the given splits, in reader order."""
+        wanted = set(splits)
+        unknown = wanted - {r.split for r in self.records}
+        if unknown and not any(r.split in wanted for r in self.records):
+            raise DataError(f"{self.name}: no images in split(s) {sorted(unknown)}; "
+                            f"this dataset has {sorted({r.split for r in self.records})}")
+        return [r for r in self.records if r.split in wanted]
+
+    def fingerprint(self) -> str:
+        """A short hash of (path, label, split) over all records: identifies the dataset in checkpoints."""
+        h = hashlib.sha256()
+        root = Path(self.root)
+        for r in self.records:
+            try:
+                rel = str(Path(r.path).relative_to(root))
+            except ValueError:
+                rel = r.path
+            h.update(f"{rel}\t{r.label}\t{r.split}\n".encode())
+        return h.hexdigest()[:16]
+
+
+def contiguous_labels(ids: Sequence[str], source: str) -> dict[str, int]:
+    """Maps dataset class ids (in the given order) to ``0..K-1``; duplicates are an error."""
+    out: dict[str, int] = {}
+    for i in ids:
+        if i in out:
+            raise DataError(f"{source}: class id {i} is listed twice")
+        out[i] = len(out)
+    return out
+
+
+def stratified_split(records: Sequence[Record], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded, stratified split of ``records`` into (train, val) index lists.
+
+    Each class keeps ``round(fraction * n_c)`` of its images for validation (at least one when the class
+    has two or more), drawn with a generator seeded by ``seed``, so the same seed gives the same split.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"data.val_fraction must be in (0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, r in enumerate(records):
+        by_class.setdefault(r.label, []).append(i)
+    train, val = [], []
+    for label in sorted(by_class):
+        idx = np.array(by_class[label])
+        rng.shuffle(idx)
+        n_val = int(round(fraction * len(idx)))
+        if len(idx) >= 2:
+            n_val = min(max(n_val, 1), len(idx) - 1)
+        else:
+            n_val = 0
+        val.extend(idx[:n_val].tolist())
+        train.extend(idx[n_val:].tolist())
+    return sorted(train), sorted(val)

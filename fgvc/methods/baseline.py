@@ -1,0 +1,48 @@
+"""Plain fine-tuning: a timm backbone's pooled features and a new linear head.
+
+The reference point of every fine-grained method: the same backbone, resolution and recipe with no
+method-specific part. ``explain`` gives the class activation map (Zhou et al., CVPR 2016,
+arXiv 1512.04150) of the predicted class, computed from the last feature map and the head weights;
+for a ViT with class-token pooling it is an approximation read off the patch tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..backbones import num_features, to_nchw
+from ..registry import register_method
+from .base import Explanation, Method, ModelSpec, class_activation_maps
+
+
+@register_method
+class Baseline(Method):
+    """Backbone -> pooled features -> dropout -> linear head."""
+
+    name = "baseline"
+    paper = "Plain fine-tuning of a timm backbone (the reference point of every recipe)"
+    code = "none"
+    backbones = "any timm model"
+
+    @dataclass
+    class Config:
+        dropout: float = 0.0  # before the head
+
+    def __init__(self, spec: ModelSpec, cfg: "Baseline.Config"):
+        super().__init__(spec, cfg)
+        self.backbone = self.make_backbone()
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.head = nn.Linear(num_features(self.backbone), spec.num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.backbone(images)))
+
+    @torch.no_grad()
+    def explain(self, images: torch.Tensor) -> Explanation:
+        feats = self.backbone.forward_features(images)
+        logits = self.head(self.backbone.forward_head(feats, pre_logits=True))
+        cam = class_activation_maps(to_nchw(self.backbone, feats), self.head.weight, logits.argmax(1))
+        return Explanation(logits=logits, maps={"CAM (predicted class)": cam})
