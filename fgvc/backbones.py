@@ -9,7 +9,10 @@ gives multi-stage features. Methods touch backbones only through these functions
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import logging
+import re
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -73,12 +76,13 @@ def create_backbone(name: str, *, pretrained: bool = False, pretrained_file: Opt
         return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **extra, **kw)
 
     try:
-        try:
-            model = make(with_size=True)
-        except TypeError as e:
-            if "img_size" not in str(e):
-                raise
-            model = make(with_size=False)  # CNNs take any size and have no img_size argument
+        with _missing_key_check(name, pretrained_file if pretrained else None):
+            try:
+                model = make(with_size=True)
+            except TypeError as e:
+                if "img_size" not in str(e):
+                    raise
+                model = make(with_size=False)  # CNNs take any size and have no img_size argument
     except TypeError as e:
         raise ConfigError(f"model.backbone_args do not fit {name}: {e}") from None
     except (RuntimeError, OSError, ValueError, KeyError) as e:
@@ -94,6 +98,43 @@ def create_backbone(name: str, *, pretrained: bool = False, pretrained_file: Opt
                             f"{str(e)[:200]} (offline? pass model.pretrained_file=PATH)") from None
         raise
     return model
+
+
+class _Capture(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _missing_key_check(name: str, source: Optional[str]):
+    """Fails when timm loads a weight file that leaves backbone parameters uninitialized.
+
+    timm loads non-strictly once the classifier is dropped, so a file for another architecture would
+    otherwise leave a silently random backbone.
+    """
+    if source is None:
+        yield
+        return
+    logger = logging.getLogger("timm.models._builder")
+    handler, level = _Capture(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    for msg in handler.messages:
+        m = re.match(r"Missing keys \((.*)\) discovered", msg)
+        if m:
+            keys = [k.strip() for k in m.group(1).split(",")]
+            raise FgvcError(f"cannot load pretrained weights for {name} from {source}: {len(keys)} backbone "
+                            f"tensors are missing from the file (e.g. {', '.join(keys[:3])}); is it for another "
+                            "architecture?")
 
 
 def mean_std(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -370,7 +370,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may come after options (`train CONFIG --quiet data.root=X`)
+    target = next((a for a in ("items", "overrides", "options") if isinstance(getattr(args, a, None), list)), None)
+    if extra:
+        if target is None or any("=" not in x or x.startswith("-") for x in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        getattr(args, target).extend(extra)
     if not getattr(args, "fn", None):
         parser.print_help()
         return 2

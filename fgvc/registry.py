@@ -94,6 +94,19 @@ def create_model(method: str, *, backbone: str, num_classes: int, img_size: int 
     return cls(spec, cfg)
 
 
+def validate_config(cfg: RunConfig) -> None:
+    """Catches configuration errors before any work: unknown method or option, unknown backbone, a
+    backbone the method cannot use."""
+    from .backbones import check_backbone_name
+    from .methods.base import ModelSpec
+
+    cls = get_method(cfg.model.method)
+    method_config(cfg.model.method, cfg.method)
+    check_backbone_name(cfg.model.backbone)
+    cls.check_backbone(ModelSpec(backbone=cfg.model.backbone, num_classes=1, img_size=cfg.data.img_size,
+                                 backbone_args=dict(cfg.model.backbone_args)))
+
+
 def create_model_from_config(cfg: RunConfig, num_classes: int) -> "Method":
     """Builds the model a run config describes; fills ``cfg.method`` with the resolved options."""
     options = method_config(cfg.model.method, cfg.method)

@@ -229,3 +229,34 @@ def write_folder(root: Path, splits=("train", "test"), classes=("cat", "dog")) -
                 jpg(root / s / c / f"{k}.png" if k == 0 else root / s / c / f"{k}.jpg")
                 n += 1
     return {"n": n}
+
+
+def write_google_vit_npz(path: Path, model, grid: int, num_classes: int = 21843, seed: int = 0) -> dict:
+    """Random weights shaped like ``model`` (a timm ViT) in the Google/JAX ``ViT-B_16.npz`` layout.
+
+    Kernels are HWIO / (in, out); attention kernels are (D, heads, head_dim) and (heads, head_dim, D);
+    LayerNorm weights are named ``scale``; the position grid is ``grid x grid`` (+1 for the class token).
+    """
+    rng = np.random.default_rng(seed)
+    d = model.embed_dim
+    heads = model.blocks[0].attn.num_heads
+    hd = d // heads
+    p = model.patch_embed.proj.kernel_size[0]
+    mlp = model.blocks[0].mlp.fc1.out_features
+    r = lambda *s: rng.standard_normal(s).astype(np.float32) * 0.02  # noqa: E731
+    w = {"embedding/kernel": r(p, p, 3, d), "embedding/bias": r(d), "cls": r(1, 1, d),
+         "Transformer/posembed_input/pos_embedding": r(1, grid * grid + 1, d),
+         "Transformer/encoder_norm/scale": 1 + r(d), "Transformer/encoder_norm/bias": r(d),
+         "head/kernel": r(d, num_classes), "head/bias": r(num_classes)}
+    for i in range(len(model.blocks)):
+        b = f"Transformer/encoderblock_{i}/"
+        m = b + "MultiHeadDotProductAttention_1/"
+        for n in ("query", "key", "value"):
+            w[f"{m}{n}/kernel"], w[f"{m}{n}/bias"] = r(d, heads, hd), r(heads, hd)
+        w[f"{m}out/kernel"], w[f"{m}out/bias"] = r(heads, hd, d), r(d)
+        for ln in ("LayerNorm_0", "LayerNorm_2"):
+            w[f"{b}{ln}/scale"], w[f"{b}{ln}/bias"] = 1 + r(d), r(d)
+        w[f"{b}MlpBlock_3/Dense_0/kernel"], w[f"{b}MlpBlock_3/Dense_0/bias"] = r(d, mlp), r(mlp)
+        w[f"{b}MlpBlock_3/Dense_1/kernel"], w[f"{b}MlpBlock_3/Dense_1/bias"] = r(mlp, d), r(d)
+    np.savez(path, **w)
+    return w

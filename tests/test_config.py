@@ -14,10 +14,11 @@ from conftest import ROOT
 
 def test_overrides_are_typed_and_nested():
     cfg = load_config(None, ["train.lr=0.5", "data.root=/data/CUB_200_2011", "train.clip_grad=1",
-                             "data.color_jitter=[0.1,0,0.5]", "model.backbone_args.embed_dim=32"])
+                             "data.color_jitter=[0.1,0,0.5]", "train.weight_decay=5e-4", "model.backbone_args.embed_dim=32"])
     assert cfg.train.lr == 0.5 and isinstance(cfg.train.lr, float)
     assert cfg.data.root == "/data/CUB_200_2011"
     assert cfg.train.clip_grad == 1.0
+    assert cfg.train.weight_decay == 5e-4  # YAML 1.1 reads 5e-4 as a string; it is still a number
     assert cfg.data.color_jitter == [0.1, 0.0, 0.5]
     assert cfg.model.backbone_args == {"embed_dim": 32}
 

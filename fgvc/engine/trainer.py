@@ -48,7 +48,7 @@ from ..data.transforms import build_eval_transform, build_train_transform
 from ..errors import CheckpointError, ConfigError, DataError, TrainingError
 from ..losses import build_criterion
 from ..methods.base import Method, StepContext
-from ..registry import create_model_from_config
+from ..registry import create_model_from_config, validate_config
 from . import checkpoint as ckpt
 from .distributed import (DistInfo, all_reduce_max, all_reduce_sum, barrier, broadcast_object, cleanup,
                           gather_objects, setup)
@@ -199,6 +199,7 @@ class Trainer:
 
     def _build(self) -> None:
         cfg, info = self.cfg, self.info
+        validate_config(cfg)
         if cfg.train.select == "best_val" and cfg.data.val_fraction <= 0:
             raise ConfigError("train.select=best_val needs a validation split: set data.val_fraction (e.g. 0.1)")
         seed_everything(cfg.train.seed)

@@ -1,0 +1,150 @@
+"""The fgvc command end to end: synth -> train -> eval -> predict -> explain -> verify, and its errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from fgvc.cli import main
+
+from conftest import ROOT
+
+SMOKE = str(ROOT / "configs" / "smoke" / "baseline.yaml")
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cli") / "synth"
+    assert main(["data", "synth", "--out", str(root), "--classes", "3", "--per-class", "6", "--test-per-class", "3",
+                 "--size", "40"]) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(synth, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli-run") / "run"
+    code = main(["train", SMOKE, f"data.root={synth}", f"out={out}", "data.img_size=32", "data.resize=36",
+                 "train.epochs=2", "--quiet"])
+    assert code == 0
+    return out
+
+
+def test_train_writes_a_complete_run_folder(trained):
+    for f in ("config.yaml", "labels.json", "metrics.jsonl", "last.pt", "report/test.json", "report/test.md"):
+        assert (trained / f).is_file(), f
+    assert len(list((trained / "report" / "explain").glob("*.png"))) == 2
+    labels = json.loads((trained / "labels.json").read_text())
+    assert len(labels["class_names"]) == 3
+    lines = [json.loads(x) for x in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["kind"] == "test" and any(x["kind"] == "train" for x in lines)
+
+
+def test_eval_predict_explain(trained, synth, capsys, tmp_path):
+    code, out, _ = run(capsys, "eval", trained, "--quiet")
+    assert code == 0 and "test: top-1" in out and "on 9 images" in out
+    assert (trained / "report" / "eval-test.json").is_file()
+    code, out, _ = run(capsys, "eval", trained / "last.pt", "--json", "--quiet")
+    assert code == 0 and json.loads(out)["num_images"] == 9
+
+    folder = next((synth / "images").iterdir())
+    code, out, _ = run(capsys, "predict", trained, folder, "--topk", "2")
+    names = json.loads((trained / "labels.json").read_text())["class_names"]
+    lines = out.strip().splitlines()
+    assert code == 0 and len(lines) == 9 and all(any(n in line for n in names) for line in lines)
+    code, out, _ = run(capsys, "predict", trained, next(folder.iterdir()), "--json")
+    top = json.loads(out)[0]["top"]
+    assert code == 0 and len(top) == 3 and abs(sum(p["prob"] for p in top) - 1) < 1e-4
+
+    code, out, _ = run(capsys, "explain", trained, folder, "--out", tmp_path / "ov")
+    assert code == 0 and len(list((tmp_path / "ov").glob("*.png"))) == 9
+
+
+def test_verify_reports_counts(synth, capsys):
+    code, out, _ = run(capsys, "data", "verify", synth, "--dataset", "cub")
+    assert code == 0
+    assert "3 classes (expected 3)" in out and "train: 18 images ok" in out and "test: 9 images ok" in out
+    assert "unreadable images: 0" in out
+
+
+def test_baseline_finetunes_from_a_local_weight_file_offline(synth, tmp_path, capsys, monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.save(timm.create_model("test_resnet", num_classes=11).state_dict(), tmp_path / "pretrained.pth")
+    code, out, err = run(capsys, "train", SMOKE, f"data.root={synth}", f"out={tmp_path / 'ft'}", "data.img_size=32",
+                         "data.resize=36", "train.epochs=1", "model.pretrained=true",
+                         f"model.pretrained_file={tmp_path / 'pretrained.pth'}", "--quiet")
+    assert code == 0, err
+    state = torch.load(tmp_path / "pretrained.pth")
+    from fgvc.inference import load_run
+
+    run_ = load_run(tmp_path / "ft")  # the checkpoint alone restores the model (no weight file needed)
+    assert run_.model.backbone.conv1[0].weight.shape == state["conv1.0.weight"].shape
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train.lrr=0.1"], "error: unknown config key 'train.lrr' (did you mean 'train.lr'?)"),
+    (["data.root=/nonexistent/CUB"], "error: dataset root not found: /nonexistent/CUB"),
+    (["model.backbone=resnet5O"], "error: model.backbone: 'resnet5O' is not a timm model"),
+    (["model.method=transfgg"], "error: unknown method 'transfgg'"),
+])
+def test_config_errors_are_one_line(capsys, tmp_path, args, message):
+    code, out, err = run(capsys, "train", SMOKE, f"out={tmp_path / 'x'}", *args)
+    assert code == 1 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_corrupt_image_and_bad_label_are_one_line(synth, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    shutil.copytree(synth, bad)
+    first = (bad / "images.txt").read_text().split()[1]
+    (bad / "images" / first).write_bytes(b"not a jpeg")
+    code, _, err = run(capsys, "train", SMOKE, f"data.root={bad}", f"out={tmp_path / 'r1'}", "data.img_size=32",
+                       "--quiet", "data.batch_size=18")
+    assert code == 1 and "error: cannot read image" in err and first.split("/")[-1] in err and "dataset index" in err
+    assert len(err.strip().splitlines()) == 1
+    lab = bad / "image_class_labels.txt"
+    lab.write_text(lab.read_text().replace("\n2 1\n", "\n2 7\n"))
+    code, _, err = run(capsys, "train", SMOKE, f"data.root={bad}", f"out={tmp_path / 'r2'}")
+    assert code == 1 and "image_class_labels.txt:2: class 7 of image 2 is out of range" in err
+
+
+def test_info_commands(capsys):
+    code, out, _ = run(capsys, "methods")
+    assert code == 0 and "baseline" in out and "paper:" in out
+    code, out, _ = run(capsys, "data", "list")
+    assert code == 0 and all(n in out for n in ("cub", "nabirds", "cars", "dogs", "aircraft", "flowers", "pets",
+                                                  "inat", "folder", "csv"))
+
+
+def test_bench_runs_on_cpu(capsys):
+    code, out, _ = run(capsys, "bench", "baseline", "--backbone", "test_resnet", "--img-size", "32", "--batch", "4",
+                       "--steps", "2", "--warmup", "1", "--device", "cpu", "--loader-workers", "0", "--json")
+    r = json.loads(out)
+    assert code == 0 and r["train_img_per_s"] > 0 and r["infer_img_per_s"] > 0 and r["loader_img_per_s"] > 0
+
+
+def test_entry_point_help_and_error_without_traceback(tmp_path):
+    exe = [sys.executable, "-m", "fgvc"]
+    for sub in ([], ["train"], ["eval"], ["predict"], ["explain"], ["data", "synth"], ["data", "verify"], ["bench"],
+                ["methods"], ["demo"]):
+        r = subprocess.run(exe + sub + ["--help"], capture_output=True, text=True)
+        assert r.returncode == 0 and "usage: fgvc" in r.stdout
+    r = subprocess.run(exe + ["eval", str(tmp_path / "no-run")], capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.startswith("error: checkpoint or run folder not found")
+    assert "Traceback" not in r.stderr
