@@ -186,3 +186,109 @@ def stage_features(model: nn.Module, x: torch.Tensor, indices: Sequence[int]) ->
 def num_features(model: nn.Module) -> int:
     """Width of the pooled feature vector."""
     return int(getattr(model, "num_features"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# ViT internals (TransFG, RAMS-Trans): the patch stride, the token embedding, and the queries and keys.
+
+
+def vit_problem(model: nn.Module) -> Optional[str]:
+    """Why ``model`` cannot serve the ViT methods, or None when it can.
+
+    They need timm's plain VisionTransformer layout: a convolutional patch embedding, one class token
+    (no register or distillation tokens) and blocks with timm's standard ``Attention`` (fused qkv,
+    ``q_norm``/``k_norm``), so that queries and keys can be read and the patch stride changed.
+    """
+    if not is_vit(model):
+        return "it is not a ViT with a class token (timm VisionTransformer layout)"
+    if getattr(model, "num_prefix_tokens", 1) != 1:
+        return "it has register or distillation tokens besides the class token"
+    if not isinstance(getattr(model.patch_embed, "proj", None), nn.Conv2d):
+        return "its patch embedding is not a single convolution"
+    for blk in model.blocks:
+        attn = getattr(blk, "attn", None)
+        if attn is None or not all(hasattr(attn, a) for a in ("qkv", "q_norm", "k_norm", "scale", "num_heads")):
+            return "its blocks do not use timm's standard Attention"
+    return None
+
+
+def resample_grid(pos: torch.Tensor, old: tuple[int, int], new: tuple[int, int]) -> torch.Tensor:
+    """Linear resize of a ``[1, h*w, D]`` position grid, corners aligned (``scipy.ndimage.zoom(order=1)``,
+    what the official TransFG and RAMS-Trans codes use)."""
+    d = pos.shape[-1]
+    grid = pos.reshape(1, old[0], old[1], d).permute(0, 3, 1, 2).float()
+    grid = torch.nn.functional.interpolate(grid, size=new, mode="bilinear", align_corners=True)
+    return grid.permute(0, 2, 3, 1).reshape(1, new[0] * new[1], d).to(pos.dtype)
+
+
+@torch.no_grad()
+def vit_set_patch_stride(vit: nn.Module, img_size: int, stride: int) -> tuple[int, int]:
+    """Sets the patch convolution's stride (overlapping patches when ``stride < patch``) and the input size,
+    and resizes the position embedding once, from the grid the weights were made for to the new grid.
+
+    Returns:
+        The new token grid ``(rows, cols)``: ``(img_size - patch) // stride + 1`` per side.
+    """
+    pe = vit.patch_embed
+    patch = pe.proj.kernel_size[0]
+    if img_size < patch:
+        raise ValueError(f"input size {img_size} is smaller than the patch size {patch}")
+    old = tuple(pe.grid_size)
+    new = ((img_size - patch) // stride + 1,) * 2
+    pe.proj.stride = (stride, stride)
+    pe.img_size = (img_size, img_size)
+    pe.grid_size = new
+    pe.num_patches = new[0] * new[1]
+    if hasattr(pe, "dynamic_img_pad"):
+        pe.dynamic_img_pad = False
+    prefix = 0 if getattr(vit, "no_embed_class", False) else 1
+    pos = vit.pos_embed.data
+    resized = torch.cat([pos[:, :prefix], resample_grid(pos[:, prefix:], old, new)], 1)
+    vit.pos_embed = nn.Parameter(resized)
+    return new
+
+
+def vit_tokens(vit: nn.Module, images: torch.Tensor, cls_token: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Patch tokens with the class token (``cls_token`` overrides the model's) and position embedding,
+    through the model's position dropout and pre-norm: the input of the first block, ``[B, 1 + N, D]``."""
+    x = vit.patch_embed(images)
+    if x.ndim == 4:  # models built with dynamic_img_size give NHWC patches
+        x = x.flatten(1, 2)
+    cls = (vit.cls_token if cls_token is None else cls_token).expand(x.shape[0], -1, -1)
+    if getattr(vit, "no_embed_class", False):
+        x = torch.cat([cls, x + vit.pos_embed], 1)
+    else:
+        x = torch.cat([cls, x], 1) + vit.pos_embed
+    return vit.norm_pre(vit.patch_drop(vit.pos_drop(x)))
+
+
+class QKRecorder:
+    """Records every block's queries and keys (after ``q_norm``/``k_norm``) during a forward pass.
+
+    The blocks keep their fused attention (SDPA): the attention matrix is never formed here. The recorded
+    tensors are detached views of the ones the attention already holds for its backward pass, so in
+    training they cost no extra memory.
+
+    Example::
+
+        with QKRecorder(vit.blocks) as rec:
+            x = vit.blocks(x)
+        rec.q[l], rec.k[l]  # [B, heads, tokens, head_dim] of block l
+    """
+
+    def __init__(self, blocks: Sequence[nn.Module]):
+        self.blocks = list(blocks)
+        self.q: list[torch.Tensor] = []
+        self.k: list[torch.Tensor] = []
+        self._handles = []
+
+    def __enter__(self) -> "QKRecorder":
+        for blk in self.blocks:
+            self._handles.append(blk.attn.q_norm.register_forward_hook(lambda m, i, o: self.q.append(o.detach())))
+            self._handles.append(blk.attn.k_norm.register_forward_hook(lambda m, i, o: self.k.append(o.detach())))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()

@@ -213,7 +213,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"  training:  {r['train_img_per_s']:.1f} images/s")
         print(f"  inference: {r['infer_img_per_s']:.1f} images/s (batch {r['infer_batch']})")
         print(f"  peak memory: {r['peak_mem_gib']:.2f} GiB ({r['peak_mem_kind']})")
-        print(f"  data loader: {r['loader_img_per_s']:.1f} images/s with {r['loader_workers']} workers")
+        if r["loader_workers"] >= 0:
+            print(f"  data loader: {r['loader_img_per_s']:.1f} images/s with {r['loader_workers']} workers")
     if args.out:
         with open(args.out, "a") as fh:
             fh.write(json.dumps(r) + "\n")

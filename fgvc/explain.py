@@ -63,8 +63,9 @@ def render(image: np.ndarray, expl: Explanation, i: int, caption: str = "", alph
     names = []
     for k, (name, boxes) in enumerate(expl.boxes.items()):
         colour = _BOX_COLOURS[k % len(_BOX_COLOURS)]
-        x0, y0, x1, y1 = (float(v) * scale for v in boxes[i])
-        draw.rectangle([x0, y0, x1, y1], outline=colour, width=max(2, scale))
+        for box in boxes[i].reshape(-1, 4).tolist():
+            x0, y0, x1, y1 = (v * scale for v in box)
+            draw.rectangle([x0, y0, x1, y1], outline=colour, width=max(1, scale))
         names.append(name)
     for k, (name, pts) in enumerate(expl.points.items()):
         colour = _BOX_COLOURS[(k + len(expl.boxes)) % len(_BOX_COLOURS)]

@@ -48,3 +48,17 @@ def build_criterion(loss: str, label_smoothing: float = 0.1, gce_k: int = 15) ->
     if loss == "gce":
         return lambda logits, targets: gradient_boosting_ce(logits.float(), targets, gce_k)
     raise ValueError(f"unknown loss '{loss}'")
+
+
+def contrastive_loss(features: torch.Tensor, targets: torch.Tensor, margin: float = 0.4) -> torch.Tensor:
+    """TransFG's contrastive loss (He et al., AAAI 2022, arXiv 2103.07976, Eq. 9, as the official code).
+
+    On L2-normalized features with cosine similarities ``S``: same-class pairs (``i = j`` included, which
+    adds 0) are pulled to 1, other pairs pushed below ``margin``, summed and divided by ``B^2``:
+    ``(sum_{y_i=y_j} (1 - S_ij) + sum_{y_i!=y_j} max(S_ij - margin, 0)) / B^2``.
+    """
+    z = F.normalize(features.float(), dim=-1)
+    sim = z @ z.t()
+    same = (targets[:, None] == targets[None, :]).to(sim.dtype)
+    total = (same * (1.0 - sim)).sum() + ((1.0 - same) * (sim - margin).clamp(min=0)).sum()
+    return total / targets.shape[0] ** 2

@@ -148,3 +148,20 @@ def test_entry_point_help_and_error_without_traceback(tmp_path):
     r = subprocess.run(exe + ["eval", str(tmp_path / "no-run")], capture_output=True, text=True)
     assert r.returncode == 1 and r.stderr.startswith("error: checkpoint or run folder not found")
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("method", __import__("fgvc").list_methods())
+def test_every_method_trains_evaluates_predicts_and_explains(method, synth, tmp_path, capsys):
+    """The issue's check for every method: smoke training on the synthetic data through the CUB reader,
+    then eval, predict and explain on the checkpoint."""
+    out = tmp_path / method
+    code, _, err = run(capsys, "train", ROOT / "configs" / "smoke" / f"{method}.yaml", f"data.root={synth}",
+                       f"out={out}", "train.epochs=1", "--quiet")
+    assert code == 0, err
+    image = next((synth / "images").rglob("*.jpg"))
+    code, out_eval, err = run(capsys, "eval", out, "--quiet")
+    assert code == 0 and "top-1" in out_eval, err
+    code, out_pred, err = run(capsys, "predict", out / "last.pt", image, "--json")
+    assert code == 0 and len(json.loads(out_pred)[0]["top"]) == 3, err
+    code, _, err = run(capsys, "explain", out, image, "--out", tmp_path / "overlays")
+    assert code == 0 and len(list((tmp_path / "overlays").glob("*.png"))) == 1, err

@@ -72,7 +72,7 @@ class Explanation:
     Attributes:
         logits: The method's inference output for the batch.
         maps: Named heat maps ``[B, h, w]`` (any resolution; drawn stretched over the image).
-        boxes: Named boxes ``[B, 4]`` as ``x0, y0, x1, y1`` in input pixels.
+        boxes: Named boxes ``[B, 4]`` (or sets of boxes ``[B, n, 4]``) as ``x0, y0, x1, y1`` in input pixels.
         points: Named point sets ``[B, n, 2]`` as ``x, y`` in input pixels (selected tokens, parts).
     """
 
@@ -107,6 +107,12 @@ class Method(nn.Module):
     @classmethod
     def check_backbone(cls, spec: ModelSpec) -> None:
         """Raises :class:`~fgvc.errors.ConfigError` when the method cannot use ``spec.backbone``."""
+
+    @staticmethod
+    def probe_backbone(spec: ModelSpec, **kwargs: Any) -> nn.Module:
+        """The backbone built on the meta device (no memory, no weights): for checks before any work."""
+        with torch.device("meta"):
+            return create_backbone(spec.backbone, img_size=spec.img_size, **{**spec.backbone_args, **kwargs})
 
     def make_backbone(self, **kwargs: Any) -> nn.Module:
         """The timm backbone of ``self.spec`` (pooled features, no classifier)."""

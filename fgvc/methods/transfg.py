@@ -1,0 +1,157 @@
+"""TransFG: a ViT that selects discriminative patches from its own attention.
+
+Paper: He, Chen, Liu, Kortylewski, Yang, Bai, Wang, Yuille. "TransFG: A Transformer Architecture for
+Fine-grained Recognition", AAAI 2022. https://arxiv.org/abs/2103.07976
+Official code: https://github.com/TACJu/TransFG (models/modeling.py), read at 9336fba.
+
+What fgvc implements (docs/methods.md has the differences):
+
+- Overlapping patches: the patch convolution's stride is ``slide_step`` (12 by default; 16 gives the
+  non-overlapping split); the position embedding is resized once, corners aligned, to the new grid.
+- Encoder: the first ``L - 1`` pretrained blocks. The last block becomes the part layer, randomly
+  initialized as the official code does (its loader never loads ``encoderblock_11``), or copied from the
+  pretrained block (``part_layer_init: pretrained``).
+- Part Selection Module: the per-head product of the raw softmax attention of layers ``1..L-1`` (no
+  identity term), its class-token row, the argmax over patches per head (duplicates kept), the layer
+  ``L-1`` outputs gathered at those patches, the part layer on ``[CLS; parts]``, the final LayerNorm, the
+  head on CLS. The product's row is computed as a vector chain from recorded queries and keys
+  (:mod:`fgvc.methods.rollout`), so the encoder keeps fused attention.
+- Loss: the run's classification loss plus the contrastive loss on the normalized CLS feature after the
+  final LayerNorm (margin 0.4, divided by ``B^2``).
+- Inference: the head's logits on the part layer's CLS token.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..backbones import QKRecorder, create_backbone, vit_problem, vit_set_patch_stride, vit_tokens
+from ..errors import ConfigError
+from ..losses import contrastive_loss
+from ..registry import register_method
+from .base import Explanation, Method, ModelSpec, StepContext, StepOutput
+from .rollout import rollout_row
+
+
+def official_block_init(block: nn.Module) -> None:
+    """Re-initializes a transformer block as the official TransFG code creates its part layer: PyTorch's
+    default for the attention linears and norms, Xavier-uniform MLP weights with N(0, 1e-6) biases."""
+    for m in block.modules():
+        if isinstance(m, (nn.Linear, nn.LayerNorm)):
+            m.reset_parameters()
+    for fc in (block.mlp.fc1, block.mlp.fc2):
+        nn.init.xavier_uniform_(fc.weight)
+        nn.init.normal_(fc.bias, std=1e-6)
+
+
+@register_method
+class TransFG(Method):
+    """ViT + Part Selection Module + contrastive loss."""
+
+    name = "transfg"
+    paper = "He et al., TransFG: A Transformer Architecture for Fine-grained Recognition, AAAI 2022 (arXiv 2103.07976)"
+    code = "https://github.com/TACJu/TransFG"
+    backbones = "timm ViTs with a class token and standard attention (vit_*_patch16_*, deit_*; ViT-B/16 in the paper)"
+
+    @dataclass
+    class Config:
+        slide_step: int = 12  # patch stride: 12 overlapping (the paper), 16 non-overlapping
+        part_layer_init: Literal["random", "pretrained"] = "random"
+        contrastive_weight: float = 1.0
+        contrastive_margin: float = 0.4
+        embed_dropout: float = 0.1  # after the position embedding (official: 0.1)
+        mlp_dropout: float = 0.1  # inside every MLP (official: 0.1; attention dropout 0)
+        rollout_chunk: int = 256  # query rows per chunk of the rollout
+
+    @classmethod
+    def check_backbone(cls, spec: ModelSpec) -> None:
+        vit = cls.probe_backbone(spec)
+        problem = vit_problem(vit) or (None if len(vit.blocks) >= 2 else "it has fewer than 2 blocks")
+        if problem:
+            raise ConfigError(f"model.backbone: transfg cannot use {spec.backbone}: {problem}")
+
+    def __init__(self, spec: ModelSpec, cfg: "TransFG.Config"):
+        super().__init__(spec, cfg)
+        # Created at its own default size, so pretrained position embeddings are resized only once, below.
+        vit = create_backbone(spec.backbone, pretrained=spec.pretrained, pretrained_file=spec.pretrained_file,
+                              drop_path_rate=spec.drop_path_rate, **spec.backbone_args)
+        self.grid = vit_set_patch_stride(vit, spec.img_size, cfg.slide_step)
+        vit.pos_drop.p = cfg.embed_dropout
+        part_layer = vit.blocks[-1]
+        vit.blocks = vit.blocks[:-1]
+        if cfg.part_layer_init == "random":
+            official_block_init(part_layer)
+        for blk in [*vit.blocks, part_layer]:
+            blk.mlp.drop1.p = cfg.mlp_dropout
+            blk.mlp.drop2.p = cfg.mlp_dropout
+        self.backbone = vit
+        self.part_layer = part_layer
+        self.part_norm = vit.norm  # the pretrained encoder norm (official commit ff28b58)
+        self.head = nn.Linear(vit.embed_dim, spec.num_classes)
+        self.patch = vit.patch_embed.proj.kernel_size[0]
+
+    def is_pretrained_parameter(self, name: str) -> bool:
+        return name.startswith("backbone.") or (name.startswith("part_layer.") and
+                                                self.cfg.part_layer_init == "pretrained")
+
+    # -- the computation ------------------------------------------------------------------------------
+
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """The encoder's output ``z_{L-1}`` ``[B, 1 + N, D]`` and every encoder layer's queries and keys."""
+        x = vit_tokens(self.backbone, images)
+        with QKRecorder(self.backbone.blocks) as rec:
+            x = self.backbone.blocks(x)
+        return x, rec.q, rec.k
+
+    @torch.no_grad()
+    def rollout(self, qs: list[torch.Tensor], ks: list[torch.Tensor]) -> torch.Tensor:
+        """Class-token row of ``A_{L-1} ... A_1`` per head: ``[B, H, 1 + N]``."""
+        b, h, n, _ = qs[0].shape
+        start = torch.zeros(b, h, n, device=qs[0].device, dtype=torch.promote_types(qs[0].dtype, torch.float32))
+        start[..., 0] = 1.0
+        scale = self.backbone.blocks[0].attn.scale
+        return rollout_row(start, qs, ks, scale, chunk=self.cfg.rollout_chunk)
+
+    def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The CLS feature after the part layer and norm, the selected token indices ``[B, H]`` (1-based
+        over patches, i.e. token positions) and the rollout rows ``[B, H, 1 + N]``."""
+        x, qs, ks = self.encode(images)
+        rows = self.rollout(qs, ks)
+        idx = rows[:, :, 1:].argmax(-1) + 1  # per head; duplicates kept, as the official code
+        parts = x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
+        h = self.part_layer(torch.cat([x[:, :1], parts], 1))
+        return self.part_norm(h)[:, 0], idx, rows
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images)[0])
+
+    def training_step(self, images: torch.Tensor, targets: torch.Tensor, ctx: StepContext) -> StepOutput:
+        feat, _, _ = self.features(images)
+        logits = self.head(feat)
+        cls_loss = ctx.criterion(logits, targets)
+        con = contrastive_loss(feat, targets, self.cfg.contrastive_margin)
+        loss = cls_loss + self.cfg.contrastive_weight * con
+        return StepOutput(loss=loss, logs={"cls": cls_loss.detach(), "contrastive": con.detach()},
+                          logits=logits.detach())
+
+    # -- what it localizes ----------------------------------------------------------------------------
+
+    def patch_boxes(self, idx: torch.Tensor) -> torch.Tensor:
+        """Pixel boxes ``[..., 4]`` (x0, y0, x1, y1) of token positions (1-based over patches)."""
+        row, col = (idx - 1).div(self.grid[1], rounding_mode="floor"), (idx - 1) % self.grid[1]
+        s = self.cfg.slide_step
+        return torch.stack([col * s, row * s, col * s + self.patch - 1, row * s + self.patch - 1], -1).float()
+
+    @torch.no_grad()
+    def explain(self, images: torch.Tensor) -> Explanation:
+        feat, idx, rows = self.features(images)
+        heat = rows[:, :, 1:].mean(1).reshape(-1, *self.grid)
+        boxes = self.patch_boxes(idx)
+        centres = (boxes[..., :2] + boxes[..., 2:]) / 2
+        return Explanation(logits=self.head(feat), maps={"rollout (CLS row, mean of heads)": heat},
+                           boxes={"selected patches": boxes}, points={"patch centres": centres})
