@@ -156,12 +156,16 @@ class Method(nn.Module):
         """Whether a parameter comes from the pretrained backbone (trained at the base LR)."""
         return name.startswith("backbone.")
 
-    def param_groups(self, lr: float, head_lr_scale: float, weight_decay: float) -> list[dict[str, Any]]:
-        """Optimizer groups: pretrained vs new parameters, with no weight decay on norms, biases and tokens."""
-        skip = set()
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names exempt from weight decay besides norms and biases (tokens, embeddings)."""
         backbone = getattr(self, "backbone", None)
         if backbone is not None and hasattr(backbone, "no_weight_decay"):
-            skip = {f"backbone.{n}" for n in backbone.no_weight_decay()}
+            return {f"backbone.{n}" for n in backbone.no_weight_decay()}
+        return set()
+
+    def param_groups(self, lr: float, head_lr_scale: float, weight_decay: float) -> list[dict[str, Any]]:
+        """Optimizer groups: pretrained vs new parameters, with no weight decay on norms, biases and tokens."""
+        skip = self.no_weight_decay()
         groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
         for name, p in self.named_parameters():
             if not p.requires_grad:
@@ -228,3 +232,51 @@ def crop_and_zoom(images: torch.Tensor, boxes: torch.Tensor, size: Optional[tupl
 def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """``[B, h, w]`` -> ``[B, H, W]`` bilinear."""
     return F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+@torch.no_grad()
+def largest_component(mask: torch.Tensor) -> torch.Tensor:
+    """The largest 8-connected component of each binary map, batched on the device.
+
+    Every pixel takes the smallest raster index of its component by repeated 3 x 3 min-pooling inside the
+    mask; the most frequent label wins, ties going to the component that starts first in raster order
+    (what ``skimage.measure.label`` + the largest ``regionprops`` area gives).
+
+    Args:
+        mask: ``[B, H, W]`` booleans.
+
+    Returns:
+        ``[B, H, W]`` booleans: only the largest component (all False where the mask is empty).
+    """
+    b, h, w = mask.shape
+    big = float(h * w)
+    index = torch.arange(h * w, device=mask.device, dtype=torch.float32).view(1, h, w).expand(b, h, w)
+    labels = torch.where(mask, index, torch.full_like(index, big))
+    for it in range(h * w):
+        pooled = -F.max_pool2d(-labels[:, None], 3, stride=1, padding=1)[:, 0]
+        new = torch.where(mask, pooled, labels)
+        if it % 4 == 3 and torch.equal(new, labels):
+            break
+        labels = new
+    flat = labels.view(b, -1).long()
+    counts = torch.zeros(b, h * w + 1, device=mask.device).scatter_add_(1, flat, torch.ones_like(flat, dtype=torch.float32))
+    counts[:, -1] = 0  # the background label
+    best = counts.argmax(1)
+    return (labels == best.view(b, 1, 1).float()) & mask
+
+
+def mask_box(mask: torch.Tensor) -> torch.Tensor:
+    """Bounding box ``[B, 4]`` as ``(col0, row0, col1, row1)`` (inclusive) of each map's True cells; the whole
+    map where a map is empty."""
+    b, h, w = mask.shape
+    rows, cols = mask.any(2), mask.any(1)
+    ar_h = torch.arange(h, device=mask.device)
+    ar_w = torch.arange(w, device=mask.device)
+    r0 = torch.where(rows, ar_h, h).min(1).values
+    r1 = torch.where(rows, ar_h, -1).max(1).values
+    c0 = torch.where(cols, ar_w, w).min(1).values
+    c1 = torch.where(cols, ar_w, -1).max(1).values
+    empty = ~rows.any(1)
+    box = torch.stack([c0, r0, c1, r1], 1)
+    full = torch.tensor([0, 0, w - 1, h - 1], device=mask.device)
+    return torch.where(empty[:, None], full, box)
