@@ -292,3 +292,35 @@ class QKRecorder:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Multi-stage features (WS-DAN, HERBS/PIM)
+
+
+def feature_index(model: nn.Module, layer: "int | str") -> int:
+    """Position in ``model.feature_info`` of a stage given by index (negative from the end) or module name
+    (``Mixed_6e``, ``layer3``, ``layers.2``)."""
+    info = list(model.feature_info)
+    names = [f["module"] for f in info]
+    if isinstance(layer, str):
+        if layer not in names:
+            raise ConfigError(f"feature layer '{layer}' is not a stage of this backbone; its stages: {', '.join(names)}")
+        return names.index(layer)
+    if not -len(info) <= layer < len(info):
+        raise ConfigError(f"feature layer {layer} is out of range: this backbone has {len(info)} stages ({', '.join(names)})")
+    return layer % len(info)
+
+
+def feature_channels(model: nn.Module, indices: Sequence[int]) -> list[int]:
+    """Channels of the given stages."""
+    info = list(model.feature_info)
+    return [int(info[i]["num_chs"]) for i in indices]
+
+
+def keep_stages_up_to(model: nn.Module, indices: Sequence[int]) -> None:
+    """Removes every layer after the last needed stage, and the final norm and head (timm's
+    ``prune_intermediate_layers``), so no unused computation or parameter remains."""
+    if not hasattr(model, "prune_intermediate_layers"):
+        raise ConfigError(f"{type(model).__name__} gives no multi-stage features (no prune_intermediate_layers)")
+    model.prune_intermediate_layers(list(indices), prune_norm=True, prune_head=True)

@@ -51,7 +51,8 @@ def predict_split(model: nn.Module, records: Sequence[Record], transform: Callab
         bar = tqdm(total=len(mine), desc=desc, unit="img", leave=False, dynamic_ncols=True)
     while done < len(mine):
         loader = DataLoader(Subset(dataset, mine[done:]), batch_size=batch_size, shuffle=False,
-                            num_workers=num_workers, pin_memory=device.type == "cuda")
+                            num_workers=num_workers, pin_memory=device.type == "cuda",
+                            generator=torch.Generator().manual_seed(0))  # leaves the global RNG alone
         try:
             for images, labels, idx, bad in loader:
                 images = images.to(device, non_blocking=True)

@@ -386,9 +386,12 @@ class Trainer:
 
     def _loader(self) -> DataLoader:
         c = self.cfg.data
+        # Its own generator: creating an iterator must not consume the global RNG that methods draw from,
+        # or a resumed run (which creates one more iterator) would drift from an uninterrupted one.
         return DataLoader(self.train_set, batch_size=c.batch_size, sampler=self.sampler, num_workers=c.num_workers,
                           drop_last=True, pin_memory=self.info.device.type == "cuda",
-                          persistent_workers=False, prefetch_factor=4 if c.num_workers > 0 else None)
+                          persistent_workers=False, prefetch_factor=4 if c.num_workers > 0 else None,
+                          generator=torch.Generator().manual_seed(self.cfg.train.seed))
 
     def fit(self) -> TrainResult:
         """Trains, then evaluates the test split once. Returns the run folder and the test report."""
