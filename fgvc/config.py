@@ -296,28 +296,41 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """Turns ``["train.lr=0.1", "data.root=/x"]`` into a nested mapping."""
-    out: dict[str, Any] = {}
+def _split_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' is not of the form key=value")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    if not key.strip() or any(not part for part in parts):
+        raise ConfigError(f"override '{item}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(data: dict[str, Any], items: list[str]) -> dict[str, Any]:
+    """Sets each dotted ``key=value`` in ``data`` (a copy); a mapping value replaces the old mapping."""
+    out = _deep_merge(data, {})
     for item in items:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' is not of the form key=value")
-        key, raw = item.split("=", 1)
-        key = key.strip()
-        if not key or any(not part for part in key.split(".")):
-            raise ConfigError(f"override '{item}' has an empty key")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            value = raw
+        parts, value = _split_override(item)
         node = out
-        parts = key.split(".")
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override '{item}' conflicts with another override")
+            child = node.get(part)
+            if not isinstance(child, dict):
+                if child is not None:
+                    raise ConfigError(f"override '{item}': '{part}' is not a section")
+                child = {}
+            node[part] = child = dict(child)
+            node = child
         node[parts[-1]] = value
     return out
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Turns ``["train.lr=0.1", "data.root=/x"]`` into a nested mapping."""
+    return apply_overrides({}, items)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
@@ -336,7 +349,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if base:
         data = _deep_merge(data, base)
     if overrides:
-        data = _deep_merge(data, parse_overrides(overrides))
+        data = apply_overrides(data, overrides)
     return from_dict(RunConfig, data)
 
 
