@@ -189,3 +189,18 @@ def test_new_run_refuses_an_existing_run_folder(tmp_path, synth_root):
     cfg = load_config(ROOT / "configs" / "smoke" / "baseline.yaml", tiny_overrides(synth_root, run.run_dir))
     with pytest.raises(ConfigError, match="already holds a run"):
         train(cfg, progress=False)
+
+
+def test_resume_refuses_another_dataset(tmp_path, synth_root):
+    run = _run(tmp_path, synth_root, "d", "train.epochs=1")
+    other = tmp_path / "other"
+    shutil.copytree(synth_root, other)
+    labels = other / "image_class_labels.txt"
+    labels.write_text(labels.read_text().replace("\n3 1\n", "\n3 2\n"))
+    cfg = load_config(ROOT / "configs" / "smoke" / "baseline.yaml",
+                      tiny_overrides(other, run.run_dir, **{"train.keep_checkpoints": 20, "eval.explain_samples": 0,
+                                                            "train.epochs": 1}))
+    with pytest.raises(CheckpointError, match="the dataset differs"):
+        train(cfg, resume="auto", progress=False)
+    resumed = train(cfg, resume="auto", allow_mismatch=True, progress=False)  # explicitly allowed
+    assert resumed.steps == 4

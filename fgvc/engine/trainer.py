@@ -454,6 +454,8 @@ class Trainer:
                 group_start = (pos // accum) * accum
                 group_size = min(accum, self.micro_per_epoch - group_start)
                 last_in_group = pos == group_start + group_size - 1
+                if pos == group_start:  # buffers (BN statistics, WS-DAN centers) as they were before this step
+                    buffers = [b.detach().clone() for b in self.model.buffers()]
                 self._count_bad(bad)
                 if t.record_sample_ids and info.is_main:
                     with open(self.run_dir / "sample_ids.txt", "a") as fh:
@@ -498,6 +500,9 @@ class Trainer:
                 nonfinite, stop = (all_reduce_max(flags, info) > 0).tolist()
                 if nonfinite and self.scaler is None:
                     self.optimizer.zero_grad(set_to_none=True)
+                    with torch.no_grad():  # the step's forward passes changed nothing either
+                        for b, saved in zip(self.model.buffers(), buffers):
+                            b.copy_(saved)
                     self._handle_nonfinite(out.loss, gnorm)
                 else:
                     for g in self.optimizer.param_groups:
@@ -623,13 +628,17 @@ class Trainer:
         report, logits, targets = self._evaluate(self.splits.test, "test")
         report["weights"] = chosen + (" with EMA" if self.ema is not None else "")
         report["rule"] = f"{c.model.method}.forward (the method's fixed inference rule)"
+        report["skipped_unreadable_train"] = len(self.bad_samples)
+        report["nonfinite_steps_skipped"] = self.nonfinite_skipped
         self.log({"kind": "test", "step": self.step, "top1": report["top1"],
                   f"top{c.eval.topk}": report[f"top{c.eval.topk}"], "mean_class_acc": report["mean_class_acc"]})
         if self.info.is_main:
             write_report(self.run_dir / "report", report, "test", c.eval.topk,
                          confusion_matrix(logits, targets, self.index.num_classes)
                          if self.index.num_classes <= 1000 else None,
-                         {"weights": report["weights"], "rule": report["rule"]})
+                         {"weights": report["weights"], "rule": report["rule"],
+                          "unreadable training images skipped": report["skipped_unreadable_train"],
+                          "non-finite steps skipped": report["nonfinite_steps_skipped"]})
             if c.eval.explain_samples > 0:
                 from ..explain import explain_records
 
@@ -642,6 +651,11 @@ class Trainer:
             print(f"test: top-1 {report['top1']:.2f}%, top-{c.eval.topk} {report[f'top{c.eval.topk}']:.2f}%, "
                   f"mean per-class {report['mean_class_acc']:.2f}% on {report['num_images']} images "
                   f"({report['weights']})")
+            if self.bad_samples:
+                print(f"skipped {len(self.bad_samples)} unreadable training image(s) (data.bad_data=skip): "
+                      + ", ".join(self.train_set.records[i].path for i in sorted(self.bad_samples)[:5]))
+            if self.nonfinite_skipped:
+                print(f"skipped {self.nonfinite_skipped} non-finite step(s) (train.nonfinite=skip)")
             print(f"report: {self.run_dir / 'report' / 'test.md'}")
         return report
 
