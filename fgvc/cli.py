@@ -117,6 +117,48 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_localize(args: argparse.Namespace) -> int:
+    from .localization import localization_report
+
+    r = localization_report(args.run, data_root=args.data_root, split=args.split, device=args.device,
+                            limit=args.limit)
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    print(f"{r['method']} on {r['images']} {r['split']} images with object boxes ({r['checkpoint']})")
+    for name, m in r["boxes"].items():
+        parts = (f", parts inside {100 * m['parts_inside']:.1f}% (random {100 * m['random_parts_inside']:.1f}%)"
+                 if "parts_inside" in m else "")
+        print(f"  box '{name}': IoU {m['iou']:.3f} (random box of the same size {m['random_iou']:.3f}), object "
+              f"covered {100 * m['object_covered']:.1f}% (random {100 * m['random_object_covered']:.1f}%){parts}; "
+              f"box area {100 * m['box_area_fraction']:.1f}% of the image")
+    for name, m in r["maps"].items():
+        print(f"  map '{name}': pointing {100 * m['pointing']:.1f}%, mass in object {100 * m['mass_in_object']:.1f}% "
+              f"(object area {100 * m['object_area_fraction']:.1f}% of the image)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from .inference import load_run
+
+    run = load_run(args.run, device="cpu")
+    size = run.cfg.data.img_size
+    example = torch.randn(args.batch, 3, size, size)
+    program = torch.export.export(run.model, (example,))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.export.save(program, str(out))
+    meta = {"checkpoint": str(run.checkpoint), "step": run.step, "method": run.cfg.model.method,
+            "backbone": run.cfg.model.backbone, "input": [args.batch, 3, size, size], "mean": list(run.mean_std[0]),
+            "std": list(run.mean_std[1]), "class_names": run.class_names,
+            "output": "logits (softmax gives the method's prediction)"}
+    out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+    print(f"wrote {out} (torch.export program; load with torch.export.load) and {out.with_suffix('.json')}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------
 # data
 
@@ -226,7 +268,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
     for name in list_methods():
         cls = get_method(name)
-        recipes = sorted(p.stem for p in (REPO_CONFIGS / name).glob("*.yaml")) if (REPO_CONFIGS / name).is_dir() else []
+        recipes = sorted(p.stem for p in (REPO_CONFIGS / name).glob("[!_]*.yaml")) if (REPO_CONFIGS / name).is_dir() else []
         print(f"{name}")
         print(f"  paper:     {cls.paper}")
         print(f"  code:      {cls.code}")
@@ -317,6 +359,21 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True, help="folder for the PNG files")
     ex.add_argument("--device", default="auto")
     ex.set_defaults(fn=cmd_explain)
+
+    lo = sub.add_parser("localize", help="compare what a run localizes with annotated object boxes and parts")
+    lo.add_argument("run", help="run folder or checkpoint")
+    lo.add_argument("--data-root", help="the dataset's folder, if it moved")
+    lo.add_argument("--split", default="test", choices=["test", "val", "train"])
+    lo.add_argument("--limit", type=int, help="at most this many images")
+    lo.add_argument("--device", default="auto")
+    lo.add_argument("--json", action="store_true")
+    lo.set_defaults(fn=cmd_localize)
+
+    xp = sub.add_parser("export", help="export a run's inference rule with torch.export (.pt2)")
+    xp.add_argument("run", help="run folder or checkpoint")
+    xp.add_argument("out", help="output file, e.g. model.pt2 (a .json with class names and normalization is written beside it)")
+    xp.add_argument("--batch", type=int, default=1, help="example batch size traced")
+    xp.set_defaults(fn=cmd_export)
 
     d = sub.add_parser("data", help="datasets: synth, verify, list")
     dsub = d.add_subparsers(dest="data_command", metavar="SUBCOMMAND")

@@ -73,6 +73,39 @@ def test_eval_predict_explain(trained, synth, capsys, tmp_path):
     assert code == 0 and len(list((tmp_path / "ov").glob("*.png"))) == 9
 
 
+def test_export_writes_a_loadable_program(trained, tmp_path, capsys):
+    code, out, _ = run(capsys, "export", trained, tmp_path / "model.pt2")
+    assert code == 0
+    program = torch.export.load(str(tmp_path / "model.pt2"))
+    meta = json.loads((tmp_path / "model.json").read_text())
+    assert len(meta["class_names"]) == 3 and meta["input"] == [1, 3, 32, 32]
+    assert program.module()(torch.randn(1, 3, 32, 32)).shape == (1, 3)
+
+
+def test_localize_reports_against_the_synthetic_ground_truth(trained, capsys):
+    code, out, _ = run(capsys, "localize", trained, "--json")
+    r = json.loads(out)
+    assert code == 0 and r["images"] == 9 and r["maps"]
+    for m in r["maps"].values():
+        assert 0 <= m["pointing"] <= 1 and 0 < m["object_area_fraction"] < 1
+
+
+def test_localization_metrics_on_hand_cases():
+    import numpy as np
+
+    from fgvc.localization import box_metrics, map_metrics
+
+    gt = np.array([[10.0, 10.0, 29.0, 29.0]])
+    parts = np.array([[[15.0, 15.0, 1.0], [50.0, 50.0, 1.0], [0.0, 0.0, 0.0]]])
+    same = box_metrics(gt.copy(), gt, parts, size=64)
+    assert same["iou"] == 1.0 and same["object_covered"] == 1.0 and same["parts_inside"] == 0.5
+    assert same["random_iou"] < 1.0
+    heat = torch.zeros(1, 64, 64)
+    heat[0, 20, 20] = 1.0
+    m = map_metrics(heat, gt, size=64)
+    assert m["pointing"] == 1.0 and m["mass_in_object"] == 1.0 and m["object_area_fraction"] == 400 / 4096
+
+
 def test_verify_reports_counts(synth, capsys):
     code, out, _ = run(capsys, "data", "verify", synth, "--dataset", "cub")
     assert code == 0
@@ -142,7 +175,7 @@ def test_bench_runs_on_cpu(capsys):
 def test_entry_point_help_and_error_without_traceback(tmp_path):
     exe = [sys.executable, "-m", "fgvc"]
     for sub in ([], ["train"], ["eval"], ["predict"], ["explain"], ["data", "synth"], ["data", "verify"], ["bench"],
-                ["methods"], ["demo"]):
+                ["methods"], ["demo"], ["export"], ["localize"]):
         r = subprocess.run(exe + sub + ["--help"], capture_output=True, text=True)
         assert r.returncode == 0 and "usage: fgvc" in r.stdout
     r = subprocess.run(exe + ["eval", str(tmp_path / "no-run")], capture_output=True, text=True)

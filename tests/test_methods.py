@@ -122,3 +122,14 @@ def test_crop_and_zoom_takes_the_right_pixels():
     assert torch.allclose(both[0], img[0, :, :4, :4]) and torch.allclose(both[1], img[0, :, 4:, 4:] + 100)
     zoom = crop_and_zoom(img, torch.tensor([[0.0, 0.0, 3.0, 3.0]]), size=(8, 8), align_corners=True)
     assert torch.allclose(zoom[0, 0, 0, 0], img[0, 0, 0, 0]) and torch.allclose(zoom[0, 0, -1, -1], img[0, 0, 3, 3])
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_forward_exports_with_torch_export(name):
+    """Inference is one exportable call: torch.export captures it and gives the same logits."""
+    model, size = build(name)
+    model.eval()
+    x = torch.randn(2, 3, size, size)
+    program = torch.export.export(model, (x,))
+    with torch.no_grad():
+        assert torch.allclose(program.module()(x), model(x), atol=1e-5)

@@ -108,6 +108,15 @@ class Method(nn.Module):
     def check_backbone(cls, spec: ModelSpec) -> None:
         """Raises :class:`~fgvc.errors.ConfigError` when the method cannot use ``spec.backbone``."""
 
+    @classmethod
+    def require_stage_features(cls, spec: ModelSpec) -> None:
+        """The check of the methods built on multi-stage features (``feature_info``, ``forward_intermediates``)."""
+        model = cls.probe_backbone(spec)
+        if not hasattr(model, "feature_info") or not hasattr(model, "forward_intermediates"):
+            from ..errors import ConfigError
+
+            raise ConfigError(f"model.backbone: {cls.name} cannot use {spec.backbone}: it gives no multi-stage features")
+
     @staticmethod
     def probe_backbone(spec: ModelSpec, **kwargs: Any) -> nn.Module:
         """The backbone built on the meta device (no memory, no weights): for checks before any work."""

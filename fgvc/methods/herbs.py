@@ -156,9 +156,7 @@ class HERBS(Method):
 
     @classmethod
     def check_backbone(cls, spec: ModelSpec) -> None:
-        model = cls.probe_backbone(spec)
-        if not hasattr(model, "feature_info") or not hasattr(model, "forward_intermediates"):
-            raise ConfigError(f"model.backbone: {cls.name} cannot use {spec.backbone}: it gives no multi-stage features")
+        cls.require_stage_features(spec)
 
     def __init__(self, spec: ModelSpec, cfg: "HERBS.Config"):
         super().__init__(spec, cfg)

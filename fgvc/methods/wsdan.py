@@ -90,9 +90,7 @@ class WSDAN(Method):
 
     @classmethod
     def check_backbone(cls, spec: ModelSpec) -> None:
-        model = cls.probe_backbone(spec)
-        if not hasattr(model, "feature_info") or not hasattr(model, "forward_intermediates"):
-            raise ConfigError(f"model.backbone: wsdan cannot use {spec.backbone}: it gives no multi-stage features")
+        cls.require_stage_features(spec)
 
     def __init__(self, spec: ModelSpec, cfg: "WSDAN.Config"):
         super().__init__(spec, cfg)

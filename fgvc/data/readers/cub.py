@@ -126,7 +126,7 @@ def read_cub(root: Path) -> DatasetIndex:
         p = json.loads(synthetic.read_text())
         index.expected = {"train": p["classes"] * p["train_per_class"], "test": p["classes"] * p["test_per_class"]}
         index.expected_classes = p["classes"]
-        index.notes.append("fgvc synthetic data (synthetic.json): counts are checked against its parameters")
+        index.notes.append("fgvc's synthetic data: the expected counts come from its synthetic.json")
         return index
     index.expected = {"train": 5994, "test": 5794}
     index.expected_classes = 200
