@@ -239,3 +239,11 @@ def test_training_out_of_memory_is_a_clear_error(synth_root, tmp_path):
     code, log = run(args_for(synth_root, tmp_path / "oom", "train.epochs=1"), env={"FGVC_TEST_FAULT": "oom"})
     assert code == 1 and "error: out of memory at data.batch_size=4 per process" in log
     assert "data.batch_size=2 train.grad_accum=2 keeps the global batch" in log
+
+
+def test_a_data_error_on_rank_zero_stops_every_rank(synth_root, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(synth_root, bad)
+    (bad / "classes.txt").write_text("1 only_one_class\n")  # labels 2..4 are now out of range
+    code, log = run(args_for(bad, tmp_path / "r"), torchrun=2, timeout=180)
+    assert code != 0 and log.count("error: ") == 2 and "out of range" in log  # both ranks, no hang

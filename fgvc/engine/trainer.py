@@ -45,7 +45,7 @@ from ..config import RunConfig, save_config, to_dict
 from ..data import build_index, check_images, make_splits
 from ..data.dataset import ImageDataset
 from ..data.transforms import build_eval_transform, build_train_transform
-from ..errors import CheckpointError, ConfigError, DataError, TrainingError
+from ..errors import CheckpointError, ConfigError, DataError, FgvcError, TrainingError
 from ..losses import build_criterion
 from ..methods.base import Method, StepContext
 from ..registry import create_model_from_config, validate_config
@@ -192,7 +192,7 @@ class Trainer:
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
             run_dir = Path("runs") / f"{cfg.name}-{stamp}"
         run_dir = Path(broadcast_object(str(run_dir), self.info))
-        if not resume and self.info.is_main and (run_dir / ckpt.LAST).exists():
+        if not resume and (run_dir / ckpt.LAST).exists():  # every rank raises: none waits for the others
             raise ConfigError(f"{run_dir} already holds a run; continue it with --resume auto, "
                               "or choose another --out")
         return run_dir, None
@@ -204,20 +204,18 @@ class Trainer:
             raise ConfigError("train.select=best_val needs a validation split: set data.val_fraction (e.g. 0.1)")
         seed_everything(cfg.train.seed)
         # Rank 0 generates the synthetic data (if needed) before the others read it.
-        if info.is_main:
-            index = build_index(cfg.data, progress=self.progress)
-        barrier(info)
-        if not info.is_main:
-            index = build_index(cfg.data)
+        index = self._rank0_first(lambda: build_index(cfg.data, progress=self.progress))
         self.index = index
         self.splits = make_splits(index, cfg.data, cfg.train.seed)
-        if cfg.data.check_images and info.is_main:
-            bad = check_images(self.splits.train + self.splits.val + self.splits.test)
+        if cfg.data.check_images:
+            bad = self._rank0_first(lambda: check_images(self.splits.train + self.splits.val + self.splits.test),
+                                    others=lambda: None)
+            bad = broadcast_object(bad, info)
             if bad and cfg.data.bad_data == "raise":
                 listing = "; ".join(f"{p} ({why})" for _, p, why in bad[:5])
                 raise DataError(f"{len(bad)} unreadable image(s): {listing}"
                                 f"{' ...' if len(bad) > 5 else ''} (data.bad_data=skip trains without them)")
-            for _, p, why in bad:
+            for _, p, why in bad if info.is_main else []:
                 print(f"warning: unreadable image {p}: {why}")
 
         seed_everything(cfg.train.seed)  # the model's initialization depends on the seed only
@@ -266,6 +264,22 @@ class Trainer:
         if t.compile:
             step_module = torch.compile(step_module)
         self.step_module = step_module
+
+    def _rank0_first(self, fn, others=None):
+        """Runs ``fn`` on rank 0, then (``others`` or ``fn``) on the other ranks. A user error on rank 0 is
+        raised on every rank, so no process waits forever for one that stopped."""
+        failure = None
+        if self.info.is_main:
+            try:
+                result = fn()
+            except FgvcError as e:
+                failure = e
+        message = broadcast_object(None if failure is None else str(failure), self.info)  # also a barrier
+        if failure is not None:
+            raise failure
+        if message is not None:
+            raise DataError(message)
+        return result if self.info.is_main else (others or fn)()
 
     # ---------------------------------------------------------------------------------------------
     # Checkpoints
