@@ -204,3 +204,17 @@ def test_resume_refuses_another_dataset(tmp_path, synth_root):
         train(cfg, resume="auto", progress=False)
     resumed = train(cfg, resume="auto", allow_mismatch=True, progress=False)  # explicitly allowed
     assert resumed.steps == 4
+
+
+def test_validation_split_chooses_the_checkpoint_and_test_is_evaluated_once(tmp_path, synth_root):
+    run = _run(tmp_path, synth_root, "v", "train.epochs=3", "data.val_fraction=0.25", "train.select=best_val")
+    lines = [json.loads(x) for x in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    vals = [x for x in lines if x["kind"] == "val"]
+    assert len(vals) == 3 and all(v["top1"] >= 0 for v in vals)
+    assert sum(x["kind"] == "test" for x in lines) == 1  # the test split is evaluated once, at the end
+    best = ckpt.load_checkpoint(run.run_dir / "best.pt")
+    assert best["best_val"] == max(v["top1"] for v in vals)
+    assert run.test["weights"].startswith(f"best validation checkpoint (step {best['step']})")
+    assert run.test["num_images"] == 16  # the official test split, untouched by the carve-out
+    with pytest.raises(ConfigError, match="needs a validation split"):
+        _run(tmp_path, synth_root, "w", "train.select=best_val")
