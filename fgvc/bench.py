@@ -65,17 +65,15 @@ def loader_throughput(img_size: int, batch: int, workers: int, images: int = 256
         loader = torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=workers, shuffle=True,
                                              persistent_workers=workers > 0)
         n, t0 = 0, None
-        deadline = None
-        while True:
+        for _ in range(2):  # two passes at most, or until `seconds` have passed
             for x, *_ in loader:
-                if t0 is None:  # the first batch pays for the workers' start
-                    t0, deadline = time.perf_counter(), time.perf_counter() + seconds
+                if t0 is None:  # the first batch pays for the workers' start: not counted
+                    t0 = time.perf_counter()
                     continue
                 n += x.shape[0]
-                if time.perf_counter() > deadline:
+                if time.perf_counter() - t0 > seconds:
                     return n / (time.perf_counter() - t0)
-            if n >= images * 2:
-                return n / (time.perf_counter() - t0)
+        return n / (time.perf_counter() - t0)
 
 
 def bench(method: str, backbone: str, img_size: int = 224, batch: int = 16, steps: int = 20, warmup: int = 5,

@@ -134,6 +134,26 @@ def collect_images(inputs: Sequence[Union[str, Path]]) -> list[Path]:
     return files
 
 
+def run_split(run: LoadedRun, split: str, data_root: Optional[str] = None) -> list:
+    """The records of one split of a run's dataset (``test``, the run's seeded ``val``, or ``train``), read
+    again from disk (``data_root`` if it moved) and checked against the checkpoint's label map."""
+    from .data import build_index, make_splits
+
+    cfg = run.cfg
+    if data_root:
+        cfg.data.root = data_root
+    index = build_index(cfg.data)
+    if index.fingerprint() != run.labels.get("fingerprint"):
+        print("warning: the dataset differs from the one this run was trained on (other files or labels)")
+    if index.num_classes != len(run.class_names):
+        raise FgvcError(f"the dataset has {index.num_classes} classes, the checkpoint {len(run.class_names)}")
+    splits = make_splits(index, cfg.data, cfg.train.seed)
+    records = {"test": splits.test, "val": splits.val, "train": splits.train}[split]
+    if not records:
+        raise FgvcError(f"no images in the '{split}' split of this run")
+    return records
+
+
 def evaluate_run(path: Union[str, Path], data_root: Optional[str] = None, split: str = "test",
                  device: str = "auto", batch_size: Optional[int] = None, progress: bool = True) -> dict[str, Any]:
     """Evaluates a run's checkpoint on a split of its dataset with the method's fixed rule.
@@ -149,24 +169,13 @@ def evaluate_run(path: Union[str, Path], data_root: Optional[str] = None, split:
         The report (see :func:`fgvc.engine.metrics.classification_report`), also written next to the
         checkpoint as ``report/eval-<split>.{json,md}``.
     """
-    from .data import build_index, make_splits
     from .engine.evaluate import predict_split
     from .engine.metrics import classification_report
     from .engine.trainer import write_report
 
     run = load_run(path, device)
     cfg = run.cfg
-    if data_root:
-        cfg.data.root = data_root
-    index = build_index(cfg.data)
-    if index.fingerprint() != run.labels.get("fingerprint"):
-        print("warning: the dataset differs from the one this run was trained on (other files or labels)")
-    if index.num_classes != len(run.class_names):
-        raise FgvcError(f"the dataset has {index.num_classes} classes, the checkpoint {len(run.class_names)}")
-    splits = make_splits(index, cfg.data, cfg.train.seed)
-    records = {"test": splits.test, "val": splits.val}.get(split)
-    if not records:
-        raise FgvcError(f"no images in the '{split}' split of this run")
+    records = run_split(run, split, data_root)
     logits, targets, excluded = predict_split(run.model, records, run.transform,
                                               batch_size=batch_size or cfg.data.eval_batch_size, device=run.device,
                                               num_workers=min(cfg.data.num_workers, 4), bad_data=cfg.data.bad_data,

@@ -84,18 +84,14 @@ def map_metrics(maps: torch.Tensor, gt: np.ndarray, size: int) -> dict[str, floa
 def localization_report(path: Union[str, Path], data_root: Optional[str] = None, split: str = "test",
                         device: str = "auto", batch_size: int = 32, limit: Optional[int] = None) -> dict[str, Any]:
     """Runs ``explain`` over a split and compares it with the annotated boxes and parts (see the module)."""
-    from .data import build_index, make_splits
     from .data.dataset import load_rgb
     from .data.transforms import eval_geometry
     from .errors import FgvcError
-    from .inference import load_run
+    from .inference import load_run, run_split
 
     run = load_run(path, device)
     cfg = run.cfg
-    if data_root:
-        cfg.data.root = data_root
-    splits = make_splits(build_index(cfg.data), cfg.data, cfg.train.seed)
-    records = [r for r in {"test": splits.test, "val": splits.val, "train": splits.train}[split] if r.box is not None]
+    records = [r for r in run_split(run, split, data_root) if r.box is not None]
     if not records:
         raise FgvcError(f"no image of the '{split}' split has an object box; localization needs box annotations")
     records = records[:limit] if limit else records

@@ -113,8 +113,8 @@ class RAMSTrans(Method):
         """Pixel boxes ``[B, 4]`` (x0, y0, x1, y1, inclusive) of the largest component above threshold."""
         mask = scores > self.cfg.alpha * scores.mean((1, 2), keepdim=True)
         cells = mask_box(largest_component(mask))
-        s, p = self.patch, self.patch
-        return torch.stack([cells[:, 0] * s, cells[:, 1] * s, cells[:, 2] * s + p - 1, cells[:, 3] * s + p - 1],
+        p = self.patch  # non-overlapping: stride = patch
+        return torch.stack([cells[:, 0] * p, cells[:, 1] * p, (cells[:, 2] + 1) * p - 1, (cells[:, 3] + 1) * p - 1],
                            1).float()
 
     def run_scales(self, images: torch.Tensor, scales: int, explain: bool = False):
