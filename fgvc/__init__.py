@@ -6,14 +6,13 @@
     predictor.predict(["bird.jpg"], topk=5)
 """
 
-__version__ = "0.1.0"
-
-from .registry import create_model, list_methods, register_method  # noqa: E402
+from .registry import create_model, list_methods, register_method
+from .version import __version__
 
 __all__ = ["create_model", "list_methods", "register_method", "load_run", "Predictor", "__version__"]
 
 
-def __getattr__(name):  # keep `import fgvc` light: inference helpers load on first use
+def __getattr__(name):  # keep `import fgvc` light: the inference helpers (torch, timm) load on first use
     if name in ("load_run", "Predictor"):
         from . import inference
 

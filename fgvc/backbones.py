@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import logging
+import math
 import re
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -169,20 +170,6 @@ def to_nchw(model: nn.Module, feats: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"unexpected feature shape {tuple(feats.shape)}")
 
 
-def stage_features(model: nn.Module, x: torch.Tensor, indices: Sequence[int]) -> list[torch.Tensor]:
-    """Multi-stage features as NCHW maps, through timm's ``forward_intermediates``.
-
-    Args:
-        model: A timm model that implements ``forward_intermediates`` (ResNet, ConvNeXt, EfficientNet,
-            Swin, ViT, ...).
-        x: Input images.
-        indices: Which stages (``feature_info`` positions; negative counts from the end).
-    """
-    if not hasattr(model, "forward_intermediates"):
-        raise ConfigError(f"{type(model).__name__} gives no multi-stage features (no forward_intermediates)")
-    return model.forward_intermediates(x, indices=list(indices), intermediates_only=True, output_fmt="NCHW")
-
-
 def num_features(model: nn.Module) -> int:
     """Width of the pooled feature vector."""
     return int(getattr(model, "num_features"))
@@ -298,10 +285,24 @@ class QKRecorder:
 # Multi-stage features (WS-DAN, HERBS/PIM)
 
 
-def feature_index(model: nn.Module, layer: "int | str") -> int:
-    """Position in ``model.feature_info`` of a stage given by index (negative from the end) or module name
+def stage_info(name: str, img_size: Optional[int] = None, **kwargs: Any) -> list[dict[str, Any]]:
+    """The stages a timm model offers (its ``feature_info``: module, reduction, channels), read on the meta
+    device (no memory, no weights).
+
+    Raises:
+        ConfigError: When the model declares no stages.
+    """
+    with torch.device("meta"):
+        model = create_backbone(name, img_size=img_size, **kwargs)
+    info = getattr(model, "feature_info", None)
+    if not info:
+        raise ConfigError(f"{name} gives no multi-stage features (no feature_info)")
+    return [dict(f) for f in info]
+
+
+def feature_index(info: Sequence[dict[str, Any]], layer: "int | str") -> int:
+    """Position in ``info`` of a stage given by index (negative from the end) or module name
     (``Mixed_6e``, ``layer3``, ``layers.2``)."""
-    info = list(model.feature_info)
     names = [f["module"] for f in info]
     if isinstance(layer, str):
         if layer not in names:
@@ -312,15 +313,54 @@ def feature_index(model: nn.Module, layer: "int | str") -> int:
     return layer % len(info)
 
 
-def feature_channels(model: nn.Module, indices: Sequence[int]) -> list[int]:
-    """Channels of the given stages."""
-    info = list(model.feature_info)
-    return [int(info[i]["num_chs"]) for i in indices]
+def stage_at_stride(info: Sequence[dict[str, Any]], stride: int) -> int:
+    """The stage whose reduction is closest to ``stride`` (the deepest one among equals)."""
+    return min(range(len(info)), key=lambda i: (abs(math.log2(info[i]["reduction"] / stride)), -i))
 
 
-def keep_stages_up_to(model: nn.Module, indices: Sequence[int]) -> None:
-    """Removes every layer after the last needed stage, and the final norm and head (timm's
-    ``prune_intermediate_layers``), so no unused computation or parameter remains."""
-    if not hasattr(model, "prune_intermediate_layers"):
-        raise ConfigError(f"{type(model).__name__} gives no multi-stage features (no prune_intermediate_layers)")
-    model.prune_intermediate_layers(list(indices), prune_norm=True, prune_head=True)
+class StageFeatures(nn.Module):
+    """A timm backbone cut after the last stage a method needs; ``forward`` returns those stages as NCHW maps.
+
+    Built on timm's ``forward_intermediates`` and ``prune_intermediate_layers`` where the model has them.
+    Models that lack them in the installed timm (Inception-V3 before timm 1.0.31, for one) are built with
+    timm's ``features_only`` wrapper instead, which also stops after the last requested stage.
+
+    Attributes:
+        model: The timm module (the pruned model, or timm's ``FeatureListNet``).
+        indices: The stages returned, as positions in the full model's ``feature_info``.
+        via: ``"intermediates"`` or ``"features_only"``.
+    """
+
+    def __init__(self, model: nn.Module, indices: Sequence[int], via: str):
+        super().__init__()
+        self.model = model
+        self.indices = list(indices)
+        self.via = via
+        self.pretrained_cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+        self.nhwc = getattr(model, "output_fmt", "NCHW") == "NHWC"
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.via == "intermediates":
+            return self.model.forward_intermediates(x, indices=self.indices, intermediates_only=True,
+                                                    output_fmt="NCHW", stop_early=True)
+        maps = list(self.model(x))
+        return [m.permute(0, 3, 1, 2) for m in maps] if self.nhwc else maps
+
+
+def create_stage_backbone(name: str, indices: Sequence[int], **kwargs: Any) -> StageFeatures:
+    """A :class:`StageFeatures` of the timm model ``name`` returning the stages ``indices`` (non-negative
+    ``feature_info`` positions, in increasing order); ``kwargs`` as for :func:`create_backbone`."""
+    indices = sorted({int(i) for i in indices})
+    shape_kwargs = {k: v for k, v in kwargs.items() if k not in ("pretrained", "pretrained_file")}
+    with torch.device("meta"):
+        probe = create_backbone(name, **shape_kwargs)
+    if hasattr(probe, "forward_intermediates") and hasattr(probe, "prune_intermediate_layers"):
+        model = create_backbone(name, **kwargs)
+        model.prune_intermediate_layers(indices, prune_norm=True, prune_head=True)
+        return StageFeatures(model, indices, "intermediates")
+    try:
+        model = create_backbone(name, features_only=True, out_indices=tuple(indices), **kwargs)
+    except (TypeError, AssertionError, RuntimeError) as e:
+        raise ConfigError(f"{name} gives no multi-stage features in timm {timm.__version__} "
+                          f"({e.__class__.__name__}: {e})") from None
+    return StageFeatures(model, indices, "features_only")

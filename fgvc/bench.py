@@ -1,10 +1,14 @@
-"""Throughput and memory of a method: training images/s, inference images/s, peak memory, loader images/s.
+"""Throughput and memory of a method: training images/s, inference images/s, peak memory, loader images/s,
+and the same figures for the plain backbone beside it.
 
-``fgvc bench transfg --backbone vit_base_patch16_224 --img-size 448 --batch 16 --device cuda`` builds the
-method with random weights, feeds it random images (so the data pipeline is not in the way), runs a few
-warm-up steps, then times full training steps (forward, loss, backward, clipping, SGD update) and
-inference passes. The data loader is measured on its own, decoding and augmenting generated JPEGs of a
-typical dataset size, so its figure can be set beside the training figure.
+``fgvc bench transfg`` builds the method on its paper recipe's backbone at the recipe's resolution and
+batch (random weights: nothing is downloaded), feeds it random images (so the data pipeline is not in the
+way), runs warm-up steps, then times full training steps (forward, loss, backward, clipping, SGD update:
+the trainer's own step functions, :mod:`fgvc.engine.step`) and inference passes. With ``--plain`` it
+measures the plain fine-tuning step of the same backbone at the same input first, in the same process,
+and reports the ratio. The data loader is measured on its own, decoding and augmenting generated JPEGs of
+a typical dataset size, so its figure can be set beside the training figure. ``--compile`` reports the
+compilation time separately; it is never counted in the throughput.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import platform
 import resource
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any, Optional
@@ -21,12 +26,56 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from .config import read_yaml
 from .engine.distributed import resolve_device
-from .engine.evaluate import autocast
-from .engine.trainer import amp_dtype
+from .engine.precision import amp_dtype, autocast
+from .engine.step import apply_update, clip_gradients, forward_backward, wrap_step
 from .losses import build_criterion
 from .methods.base import StepContext
+from .recipes import paper_recipe
 from .registry import create_model
+
+
+@dataclass
+class BenchSetting:
+    """What one measurement runs: method, backbone, input size, batch and the method's options."""
+
+    method: str
+    backbone: str
+    img_size: int
+    batch: int
+    method_options: dict
+    backbone_args: dict
+
+
+def recipe_setting(method: str, backbone: Optional[str] = None, img_size: Optional[int] = None,
+                   batch: Optional[int] = None, method_options: Optional[dict] = None,
+                   backbone_args: Optional[dict] = None) -> BenchSetting:
+    """The method's paper setting (its CUB recipe: backbone, resolution, batch, options), with overrides.
+    A backbone other than the recipe's keeps the recipe's options but not its backbone arguments."""
+    recipe = read_yaml(paper_recipe(method))
+    model, data = recipe.get("model", {}), recipe.get("data", {})
+    same_backbone = backbone is None or backbone == model.get("backbone")
+    return BenchSetting(method=method, backbone=backbone or model.get("backbone", "resnet50"),
+                        img_size=img_size or data.get("img_size", 224), batch=batch or data.get("batch_size", 16),
+                        method_options={**recipe.get("method", {}), **(method_options or {})},
+                        backbone_args={**(model.get("backbone_args", {}) if same_backbone else {}),
+                                       **(backbone_args or {})})
+
+
+def plain_setting(s: BenchSetting) -> BenchSetting:
+    """The plain fine-tuning step to compare a method with: the baseline on the same backbone and input; for a
+    ViT whose method changes the patch stride (TransFG), at the input that gives the same token count."""
+    img = s.img_size
+    stride = s.method_options.get("slide_step")
+    if stride:
+        from .backbones import create_backbone
+
+        with torch.device("meta"):
+            vit = create_backbone(s.backbone, **s.backbone_args)
+        patch = vit.patch_embed.proj.kernel_size[0]
+        img = patch * ((s.img_size - patch) // stride + 1)
+    return BenchSetting("baseline", s.backbone, img, s.batch, {}, dict(s.backbone_args))
 
 
 def _sync(device: torch.device) -> None:
@@ -46,7 +95,7 @@ def loader_throughput(img_size: int, batch: int, workers: int, images: int = 256
     from PIL import Image
 
     from .config import DataConfig
-    from .data.dataset import ImageDataset
+    from .data.dataset import ImageDataset, leave_signals_to_the_main_process
     from .data.records import Record
     from .data.transforms import build_train_transform
 
@@ -63,7 +112,8 @@ def loader_throughput(img_size: int, batch: int, workers: int, images: int = 256
         cfg = DataConfig(img_size=img_size, resize=int(img_size * 600 / 448))
         ds = ImageDataset(records, build_train_transform(cfg, (0.5,) * 3, (0.5,) * 3))
         loader = torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=workers, shuffle=True,
-                                             persistent_workers=workers > 0)
+                                             persistent_workers=workers > 0,
+                                             worker_init_fn=leave_signals_to_the_main_process)
         n, t0 = 0, None
         for _ in range(2):  # two passes at most, or until `seconds` have passed
             for x, *_ in loader:
@@ -73,43 +123,43 @@ def loader_throughput(img_size: int, batch: int, workers: int, images: int = 256
                 n += x.shape[0]
                 if time.perf_counter() - t0 > seconds:
                     return n / (time.perf_counter() - t0)
-        return n / (time.perf_counter() - t0)
+        return n / max(time.perf_counter() - t0, 1e-9)
 
 
-def bench(method: str, backbone: str, img_size: int = 224, batch: int = 16, steps: int = 20, warmup: int = 5,
-          device: str = "auto", amp: str = "auto", channels_last: bool = False, compile: bool = False,
-          num_classes: int = 200, infer_batch: Optional[int] = None, loader_workers: Optional[int] = None,
-          method_options: Optional[dict[str, Any]] = None, backbone_args: Optional[dict[str, Any]] = None,
-          ) -> dict[str, Any]:
-    """Measures one method; returns the figures (see the module docstring)."""
+def measure(s: BenchSetting, steps: int = 20, warmup: int = 5, device: str = "auto", amp: str = "auto",
+            channels_last: bool = False, compile: bool = False, num_classes: int = 200,
+            infer_batch: Optional[int] = None, profile: Optional[Path] = None) -> dict[str, Any]:
+    """Training and inference figures of one setting (see the module docstring)."""
     dev = resolve_device(device)
     dtype = amp_dtype(amp, dev)
     torch.manual_seed(0)
-    model = create_model(method, backbone=backbone, num_classes=num_classes, img_size=img_size,
-                         backbone_args=backbone_args, **(method_options or {})).to(dev)
+    model = create_model(s.method, backbone=s.backbone, num_classes=num_classes, img_size=s.img_size,
+                         backbone_args=s.backbone_args, **s.method_options).to(dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     criterion = build_criterion("ce")
-    x = torch.randn(batch, 3, img_size, img_size, device=dev)
+    step = wrap_step(model, compile=compile)
+    params = [p for p in model.parameters() if p.requires_grad]
+    x = torch.randn(s.batch, 3, s.img_size, s.img_size, device=dev)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, num_classes, (batch,), device=dev)
-    step_fn = model.training_step
-    if compile:
-        step_fn = torch.compile(model.training_step)
+    y = torch.randint(0, num_classes, (s.batch,), device=dev)
+    losses = []
 
     def train_step(i: int) -> None:
         ctx = StepContext(step=i, epoch=0, total_steps=steps + warmup, total_epochs=1, criterion=criterion)
-        with autocast(dev, dtype):
-            out = step_fn(x, y, ctx)
-        out.loss.float().backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        out = forward_backward(step, x, y, ctx, dev, dtype)
+        clip_gradients(params, 1.0, opt)
+        apply_update(opt)
+        losses.append(out.loss.detach())
 
     model.train()
-    for i in range(warmup):
+    t_first = time.perf_counter()
+    train_step(0)  # the first step pays for compilation, cuDNN autotuning and allocations
+    _sync(dev)
+    first_step_s = time.perf_counter() - t_first
+    for i in range(1, warmup):
         train_step(i)
     _sync(dev)
     if dev.type == "cuda":
@@ -120,10 +170,12 @@ def bench(method: str, backbone: str, img_size: int = 224, batch: int = 16, step
     _sync(dev)
     train_time = time.perf_counter() - t0
     peak = _peak_gib(dev)
+    if profile is not None:
+        _profile(lambda: train_step(0), dev, profile, f"{s.method}-{s.backbone}-{s.img_size}")
 
     model.eval()
-    ib = infer_batch or (64 if dev.type == "cuda" else batch)
-    xi = torch.randn(ib, 3, img_size, img_size, device=dev)
+    ib = infer_batch or (64 if dev.type == "cuda" else s.batch)
+    xi = torch.randn(ib, 3, s.img_size, s.img_size, device=dev)
     if channels_last:
         xi = xi.contiguous(memory_format=torch.channels_last)
     fwd = torch.compile(model) if compile else model
@@ -137,17 +189,58 @@ def bench(method: str, backbone: str, img_size: int = 224, batch: int = 16, step
             fwd(xi)
         _sync(dev)
     infer_time = time.perf_counter() - t1
-
-    workers = loader_workers if loader_workers is not None else min(16, os.cpu_count() or 1)
-    loader = loader_throughput(img_size, batch, workers) if workers >= 0 else float("nan")
     return {
-        "method": method, "backbone": backbone, "img_size": img_size, "batch": batch, "steps": steps,
+        "method": s.method, "backbone": s.backbone, "img_size": s.img_size, "batch": s.batch, "steps": steps,
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.processor() or 'cpu'}, "
                                                                              f"{torch.get_num_threads()} threads)",
         "precision": str(dtype).replace("torch.", "") if dtype else "float32", "channels_last": channels_last,
-        "compile": compile, "train_img_per_s": batch * steps / train_time, "infer_batch": ib,
-        "infer_img_per_s": ib * n_inf / infer_time, "peak_mem_gib": peak,
-        "peak_mem_kind": "cuda max_memory_allocated" if dev.type == "cuda" else "process max RSS",
-        "loader_img_per_s": loader, "loader_workers": workers, "date": date.today().isoformat(),
-        "torch": torch.__version__,
+        "compile": compile, "first_step_s": first_step_s, "train_img_per_s": s.batch * steps / train_time,
+        "step_ms": 1000 * train_time / steps, "infer_batch": ib, "infer_img_per_s": ib * n_inf / infer_time,
+        "peak_mem_gib": peak, "peak_mem_kind": "cuda max_memory_allocated" if dev.type == "cuda" else "process max RSS",
+        "last_loss": float(losses[-1]), "date": date.today().isoformat(), "torch": torch.__version__,
+        "method_options": s.method_options,
     }
+
+
+def _profile(fn, dev: torch.device, folder: Path, name: str, steps: int = 3) -> None:
+    """A torch.profiler trace (Chrome format) of ``steps`` training steps and the table of the costliest ops."""
+    from torch.profiler import ProfilerActivity, profile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with profile(activities=activities, record_shapes=False) as prof:
+        for _ in range(steps):
+            fn()
+        _sync(dev)
+    key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+    (folder / f"{name}.txt").write_text(prof.key_averages().table(sort_by=key, row_limit=25))
+    prof.export_chrome_trace(str(folder / f"{name}.trace.json"))
+
+
+def bench(method: str, backbone: Optional[str] = None, img_size: Optional[int] = None, batch: Optional[int] = None,
+          steps: int = 20, warmup: int = 5, device: str = "auto", amp: str = "auto", channels_last: bool = False,
+          compile: bool = False, num_classes: int = 200, infer_batch: Optional[int] = None,
+          loader_workers: Optional[int] = None, method_options: Optional[dict[str, Any]] = None,
+          backbone_args: Optional[dict[str, Any]] = None, plain: bool = False,
+          profile: Optional[Path] = None) -> dict[str, Any]:
+    """Measures one method (and, with ``plain``, the plain backbone step beside it); returns the figures."""
+    s = recipe_setting(method, backbone, img_size, batch, method_options, backbone_args)
+    common = dict(steps=steps, warmup=warmup, device=device, amp=amp, channels_last=channels_last,
+                  num_classes=num_classes, infer_batch=infer_batch)
+    base = None
+    if plain:
+        base = measure(plain_setting(s), **common, compile=False)
+        if resolve_device(device).type == "cuda":
+            torch.cuda.empty_cache()
+    r = measure(s, **common, compile=compile, profile=profile)
+    if base is not None:
+        r["plain"] = {k: base[k] for k in ("method", "img_size", "train_img_per_s", "step_ms", "infer_img_per_s",
+                                           "peak_mem_gib")}
+        r["step_ratio"] = r["step_ms"] / base["step_ms"]  # method step time / plain step time
+    workers = loader_workers if loader_workers is not None else min(16, os.cpu_count() or 1)
+    r["loader_workers"] = workers
+    r["loader_img_per_s"] = loader_throughput(s.img_size, s.batch, workers) if workers >= 0 else float("nan")
+    return r
+
+
+__all__ = ["bench", "measure", "recipe_setting", "plain_setting", "loader_throughput", "BenchSetting"]

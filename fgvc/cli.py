@@ -1,75 +1,74 @@
-"""The ``fgvc`` command: one small function per subcommand.
+"""The ``fgvc`` command: parses arguments, calls the library, prints. Nothing is computed here.
 
-    fgvc train CONFIG.yaml [key=value ...]          fgvc eval RUN_DIR_OR_CHECKPOINT
-    fgvc train --method M --dataset D --data-root DIR   fgvc predict RUN IMAGE_OR_FOLDER... [--topk 5]
-    fgvc explain RUN IMAGE_OR_FOLDER... --out DIR     fgvc data synth --out DIR
-    fgvc data verify ROOT --dataset NAME            fgvc bench METHOD [--backbone B ...]
-    fgvc methods                                    fgvc demo
+    fgvc train RECIPE_OR_CONFIG [key=value ...]        fgvc eval RUN
+    fgvc train --method M --dataset D --data-root DIR  fgvc predict RUN IMAGE_OR_FOLDER... [--topk 5]
+    fgvc explain RUN IMAGE_OR_FOLDER... --out DIR      fgvc localize RUN
+    fgvc export RUN model.onnx|model.pt2               fgvc report RUN
+    fgvc serve RUN [--port 8000]                       fgvc bench METHOD [key=value ...] [--plain]
+    fgvc data synth|verify|list                        fgvc methods | fgvc demo | fgvc gpu-check
 
-A user error (bad key, missing file, unreadable image) prints one line starting with ``error:`` and
-exits with status 1; a run stopped by SIGTERM/SIGINT exits with 75 after saving.
+Settings are always ``key=value`` with the config's dotted keys (``train.lr=0.01``, ``method.slide_step=16``,
+``data.options.level=family``). ``--out`` is always the folder a command writes into. A user error (bad
+key, missing file, unreadable image) prints one line starting with ``error:`` and exits with status 1; a
+run stopped by SIGTERM/SIGINT exits with 75 after saving.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .errors import FgvcError
-
-REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-DEMO_CONFIG = Path(__file__).resolve().parent / "demo.yaml"
+from .errors import EXIT_PREEMPTED, FgvcError, Preempted
 
 
-def _recipe_for(method: str, dataset: str) -> Optional[Path]:
-    for base in (Path.cwd() / "configs", REPO_CONFIGS):
-        p = base / method / f"{dataset}.yaml"
-        if p.is_file():
-            return p
-    return None
+def _settings(items: Sequence[str], allowed: Optional[set[str]] = None, what: str = "") -> list[str]:
+    """The ``key=value`` items; with ``allowed``, only keys under those sections."""
+    out = []
+    for item in items:
+        if "=" not in item:
+            raise FgvcError(f"unexpected argument '{item}': settings are key=value")
+        if allowed is not None and item.split("=", 1)[0].split(".")[0] not in allowed:
+            raise FgvcError(f"{what} takes {', '.join(sorted(k + '.KEY=VALUE' for k in allowed))} settings, "
+                            f"not '{item}'")
+        out.append(item)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------
-# train / eval / predict / explain
+# train / eval / predict / explain / localize / export / report / serve
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .engine.trainer import train
+    from .recipes import recipe_path, resolve_recipe
 
-    config, overrides = None, []
-    for item in args.items:
-        if "=" in item:
-            overrides.append(item)
-        elif config is None and item.endswith((".yaml", ".yml")):
-            config = item
-        else:
-            raise FgvcError(f"unexpected argument '{item}': expected a CONFIG.yaml and key=value overrides")
+    files = [x for x in args.items if "=" not in x]
+    if len(files) > 1:
+        raise FgvcError(f"one recipe or config at most, got {', '.join(files)}")
+    config = resolve_recipe(files[0]) if files else None
+    overrides = _settings([x for x in args.items if "=" in x])
     base: dict = {}
-    if args.method:
-        base.setdefault("model", {})["method"] = args.method
-    if args.backbone:
-        base.setdefault("model", {})["backbone"] = args.backbone
-    if args.dataset:
-        base.setdefault("data", {})["dataset"] = args.dataset
-    if args.data_root:
-        base.setdefault("data", {})["root"] = args.data_root
+    for section, key, value in (("model", "method", args.method), ("model", "backbone", args.backbone),
+                                ("data", "dataset", args.dataset), ("data", "root", args.data_root)):
+        if value:
+            base.setdefault(section, {})[key] = value
     if args.out:
         base["out"] = args.out
     if args.device:
         base["device"] = args.device
-    if config is None and args.method and args.dataset:
-        recipe = _recipe_for(args.method, args.dataset)
-        if recipe:
-            print(f"recipe: {recipe}")
-            config = str(recipe)
+    if config is None and args.method and args.dataset and args.dataset != "synthetic":
+        config = recipe_path(args.method, args.dataset)
+    if config is not None:
+        print(f"recipe: {config}")
+    elif not args.method:
+        print("note: no recipe given; training the defaults (fgvc methods lists the recipes)")
     cfg = load_config(config, overrides, base=base)
-    if config is None and not args.method:
-        print("note: no config given; training the defaults (see fgvc train --help)")
     result = train(cfg, resume=args.resume, allow_mismatch=args.allow_mismatch, progress=not args.quiet)
     if result.test is not None and args.json:
         print(json.dumps({k: v for k, v in result.test.items() if k != "per_class"}))
@@ -93,28 +92,43 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_unreadable(unreadable) -> None:
+    for item, why in unreadable:
+        print(f"skipped: {why}", file=sys.stderr)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from .inference import Predictor, collect_images
 
+    if args.topk < 1:
+        raise FgvcError(f"--topk must be at least 1, got {args.topk}")
     files = collect_images(args.images)
-    predictor = Predictor(args.run, device=args.device)
-    results = predictor.predict(files, topk=args.topk)
+    predictor = Predictor(args.run, device=args.device, batch_size=args.batch_size)
+    results = predictor.predict(files, topk=args.topk, skip_unreadable=True)
+    _report_unreadable(predictor.unreadable)
     if args.json:
-        print(json.dumps([{"image": str(f), "top": r} for f, r in zip(files, results)], indent=1))
-        return 0
-    for f, r in zip(files, results):
-        best = ", ".join(f"{p['name']} {100 * p['prob']:.1f}%" for p in r)
-        print(f"{f}: {best}")
-    return 0
+        print(json.dumps([{"image": str(f), "top": r, **({} if r is not None else {"error": "unreadable"})}
+                          for f, r in zip(files, results)], indent=1))
+    else:
+        for f, r in zip(files, results):
+            if r is not None:
+                print(f"{f}: " + ", ".join(f"{p['name']} {100 * p['prob']:.1f}%" for p in r))
+    if predictor.unreadable:
+        print(f"{len(files) - len(predictor.unreadable)} of {len(files)} images predicted; "
+              f"{len(predictor.unreadable)} unreadable", file=sys.stderr)
+    return 0 if len(predictor.unreadable) < len(files) else 1
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from .inference import Predictor, collect_images
 
     files = collect_images(args.images)
-    paths = Predictor(args.run, device=args.device).explain(files, args.out)
-    print(f"wrote {len(paths)} overlay(s) to {args.out}")
-    return 0
+    predictor = Predictor(args.run, device=args.device)
+    paths = predictor.explain(files, args.out)
+    _report_unreadable(predictor.unreadable)
+    print(f"wrote {len(paths)} overlay(s) to {args.out}"
+          + (f"; {len(predictor.unreadable)} unreadable image(s) skipped" if predictor.unreadable else ""))
+    return 0 if paths else 1
 
 
 def cmd_localize(args: argparse.Namespace) -> int:
@@ -139,23 +153,39 @@ def cmd_localize(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    import torch
+    from .export import export_run
 
-    from .inference import load_run
+    r = export_run(args.run, args.out)
+    print(f"wrote {r.path} and {r.sidecar} (batch dimension dynamic; checked at batch 1 and 3 against the run's "
+          f"model: max |difference| {r.max_abs_diff:.2e})")
+    return 0
 
-    run = load_run(args.run, device="cpu")
-    size = run.cfg.data.img_size
-    example = torch.randn(args.batch, 3, size, size)
-    program = torch.export.export(run.model, (example,))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.export.save(program, str(out))
-    meta = {"checkpoint": str(run.checkpoint), "step": run.step, "method": run.cfg.model.method,
-            "backbone": run.cfg.model.backbone, "input": [args.batch, 3, size, size], "mean": list(run.mean_std[0]),
-            "std": list(run.mean_std[1]), "class_names": run.class_names,
-            "output": "logits (softmax gives the method's prediction)"}
-    out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
-    print(f"wrote {out} (torch.export program; load with torch.export.load) and {out.with_suffix('.json')}")
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_html, write_overlays
+
+    if args.overlays:
+        from .run import load_run
+
+        run = load_run(args.run, device=args.device)
+        records = run.records("test", args.data_root)
+        write_overlays(run.model, records, run.preprocess, run.class_names, run.folder / "report" / "explain",
+                       run.device, args.overlays)
+        folder = run.folder
+    else:
+        folder = Path(args.run)
+        if folder.is_file():
+            folder = folder.parent
+        if not (folder / "config.yaml").is_file():
+            raise FgvcError(f"{folder} is not a run folder (no config.yaml)")
+    print(f"wrote {build_html(folder)}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import serve
+
+    serve(args.run, host=args.host, port=args.port, device=args.device, max_mb=args.max_mb)
     return 0
 
 
@@ -176,49 +206,25 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     rate = n / (time.perf_counter() - t0)
     print(f"wrote {n} images of {args.classes} classes in the CUB-200-2011 layout to {out} "
           f"({rate:.0f} images/s on one core, JPEG encoding included)")
-    print(f"train on it: fgvc train configs/smoke/baseline.yaml data.root={out}")
+    print(f"train on it: fgvc train smoke/baseline data.root={out}")
     return 0
 
 
 def cmd_data_verify(args: argparse.Namespace) -> int:
-    from collections import Counter
+    from tqdm import tqdm
 
     from .config import parse_overrides
-    from .data import check_images, open_dataset
+    from .data.verify import verify_dataset
 
-    options = parse_overrides(args.option or [])
-    name = "cub" if args.dataset == "synthetic" else args.dataset
-    index = open_dataset(name, args.root, **options)
-    print(f"{index.name} at {index.root}: {index.num_classes} classes"
-          + (f" (expected {index.expected_classes})" if index.expected_classes else ""))
-    ok = True
-    counts = Counter(r.split for r in index.records)
-    for split, n in sorted(counts.items()):
-        exp = index.expected.get(split)
-        mark = "" if exp is None else (" ok" if exp == n else f" (expected {exp})")
-        ok &= exp is None or exp == n
-        print(f"  {split}: {n} images{mark}")
-    if index.expected_classes and index.expected_classes != index.num_classes:
-        ok = False
-    per_class = Counter(r.label for r in index.records)
-    lo, hi = min(per_class.values()), max(per_class.values())
-    print(f"  images per class: {lo}..{hi}; classes without images: {index.num_classes - len(per_class)}")
-    if index.records[0].box is not None:
-        print(f"  boxes: {sum(r.box is not None for r in index.records)}; parts: "
-              f"{sum(r.parts is not None for r in index.records)} ({', '.join(index.part_names) or '-'})")
-    for note in index.notes:
-        print(f"  note: {note}")
-    if not args.no_images:
-        from tqdm import tqdm
-
-        with tqdm(total=len(index.records), desc="decoding", unit="img", leave=False) as bar:
-            bad = check_images(index.records, workers=args.workers, progress=bar.update)
-        print(f"  unreadable images: {len(bad)}")
-        for i, path, why in bad:
-            print(f"    {path} (index {i}): {why}")
-        ok &= not bad
-    print("verdict: " + ("as expected" if ok else "differs from the official counts or has unreadable images"))
-    return 0 if ok else 3
+    options = parse_overrides(_settings(args.options, {"data"}, "data verify")).get("data", {})
+    unknown = set(options) - {"options"}
+    if unknown:
+        raise FgvcError(f"data verify takes data.options.KEY=VALUE settings (reader options), not data.{unknown.pop()}")
+    with tqdm(desc="decoding", unit="img", leave=False, disable=args.no_images) as bar:
+        report = verify_dataset(args.root, args.dataset, options.get("options", {}), decode=not args.no_images,
+                                workers=args.workers, progress=bar.update)
+    print("\n".join(report.describe()))
+    return 0 if report.ok else 3
 
 
 def cmd_data_list(args: argparse.Namespace) -> int:
@@ -231,61 +237,72 @@ def cmd_data_list(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------
-# bench / methods / demo
+# bench / methods / demo / gpu-check
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import bench
     from .config import parse_overrides
 
-    extra = parse_overrides(args.options or [])
-    unknown = set(extra) - {"method", "backbone_args"}
-    if unknown:
-        raise FgvcError(f"bench takes method.KEY=VALUE and backbone_args.KEY=VALUE overrides, not {sorted(unknown)}")
+    extra = parse_overrides(_settings(args.options, {"method", "model"}, "bench"))
+    model = extra.get("model", {})
+    if set(model) - {"backbone_args"}:
+        raise FgvcError("bench takes method.KEY=VALUE and model.backbone_args.KEY=VALUE settings")
+    out = Path(args.out) if args.out else None
     r = bench(args.method, args.backbone, img_size=args.img_size, batch=args.batch, steps=args.steps,
               warmup=args.warmup, device=args.device, amp=args.amp, channels_last=args.channels_last,
               compile=args.compile, num_classes=args.classes, infer_batch=args.infer_batch,
               loader_workers=args.loader_workers, method_options=extra.get("method"),
-              backbone_args=extra.get("backbone_args"))
+              backbone_args=model.get("backbone_args"), plain=args.plain,
+              profile=(out / "profile") if out and args.profile else None)
     if args.json:
         print(json.dumps(r))
     else:
         print(f"{r['method']} on {r['backbone']} at {r['img_size']}px, batch {r['batch']}, {r['precision']}, "
-              f"{r['device']}, {r['date']}")
-        print(f"  training:  {r['train_img_per_s']:.1f} images/s")
+              f"{r['device']}, {r['date']}" + (", compiled" if r["compile"] else ""))
+        print(f"  training:  {r['train_img_per_s']:.1f} images/s ({r['step_ms']:.1f} ms/step; first step "
+              f"{r['first_step_s']:.1f} s{', compilation included' if r['compile'] else ''})")
+        if "plain" in r:
+            p = r["plain"]
+            print(f"  plain {p['method']} step, same backbone at {p['img_size']}px: {p['train_img_per_s']:.1f} "
+                  f"images/s; this method's step costs {r['step_ratio']:.2f}x")
         print(f"  inference: {r['infer_img_per_s']:.1f} images/s (batch {r['infer_batch']})")
         print(f"  peak memory: {r['peak_mem_gib']:.2f} GiB ({r['peak_mem_kind']})")
         if r["loader_workers"] >= 0:
             print(f"  data loader: {r['loader_img_per_s']:.1f} images/s with {r['loader_workers']} workers")
-    if args.out:
-        with open(args.out, "a") as fh:
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "bench.jsonl", "a") as fh:
             fh.write(json.dumps(r) + "\n")
     return 0
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
+    from .recipes import list_recipes
     from .registry import get_method, list_methods
 
+    recipes = list_recipes()
     for name in list_methods():
         cls = get_method(name)
-        recipes = sorted(p.stem for p in (REPO_CONFIGS / name).glob("[!_]*.yaml")) if (REPO_CONFIGS / name).is_dir() else []
         print(f"{name}")
         print(f"  paper:     {cls.paper}")
         print(f"  code:      {cls.code}")
         print(f"  backbones: {cls.backbones}")
-        if recipes:
-            print(f"  recipes:   {', '.join(recipes)} (configs/{name}/)")
+        if name in recipes:
+            print(f"  recipes:   {', '.join(f'{name}/{d}' for d in recipes[name])}")
+    print(f"smoke recipes (tiny backbones, a minute on a CPU): {', '.join('smoke/' + d for d in recipes.get('smoke', []))}")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .config import load_config
     from .engine.trainer import train
+    from .recipes import DEMO
 
-    overrides = list(args.overrides or [])
+    overrides = _settings(args.overrides)
     if args.out:
         overrides.append(f"out={args.out}")
-    cfg = load_config(DEMO_CONFIG, overrides)
+    cfg = load_config(DEMO, overrides)
     if cfg.out is None:
         cfg.out = f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
     k = cfg.data.synthetic.classes
@@ -294,142 +311,192 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t0 = time.time()
     result = train(cfg, progress=not args.quiet)
     rep = result.test
-    chance = 100.0 / k
     print()
     print(f"demo done in {time.time() - t0:.0f} s: test top-1 {rep['top1']:.1f}% on {rep['num_images']} images "
-          f"(chance {chance:.1f}%), mean per-class {rep['mean_class_acc']:.1f}%")
-    print(f"  report:   {result.run_dir / 'report' / 'test.md'}")
-    print(f"  overlays: {result.run_dir / 'report' / 'explain'}/")
-    print(f"  next:     fgvc predict {result.run_dir} <image or folder>   |   fgvc explain {result.run_dir} <images> "
-          f"--out DIR")
+          f"(chance {100.0 / k:.1f}%), mean per-class {rep['mean_class_acc']:.1f}%")
+    print(f"  report:   {result.run_dir / 'report' / 'index.html'}")
+    print(f"  next:     fgvc predict {result.run_dir} <image or folder>   |   fgvc serve {result.run_dir}")
     return 0
+
+
+def cmd_gpu_check(args: argparse.Namespace) -> int:
+    from .gpu_check import main as gpu_check
+
+    return gpu_check(out=args.out, quick=args.quick)
 
 
 # ---------------------------------------------------------------------------------------------------
 # Parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Shows every option's default, unless its help already says what the default is."""
 
-    p = argparse.ArgumentParser(prog="fgvc", description="Fine-grained visual classification: train, evaluate, "
-                                "predict and explain TransFG, RAMS-Trans, WS-DAN, DB+GCE, HERBS/PIM and a baseline.")
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, argparse.SUPPRESS, False) or not action.option_strings:
+            return text
+        return f"{text} (default: {action.default})"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .version import __version__
+
+    p = argparse.ArgumentParser(prog="fgvc", formatter_class=_Help,
+                                description="Fine-grained visual classification: train, evaluate, predict, explain, "
+                                "export and serve TransFG, RAMS-Trans, WS-DAN, DB+GCE, HERBS/PIM and a baseline.")
     p.add_argument("--version", action="version", version=f"fgvc {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train a model (a recipe, or --method/--dataset)",
-                       description="Train a model. Arguments: an optional CONFIG.yaml, then key=value overrides "
-                       "(train.lr=0.01 data.root=/data/CUB_200_2011 method.slide_step=16).")
-    t.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value")
-    t.add_argument("--method", help="method name (fgvc methods); with --dataset, uses configs/METHOD/DATASET.yaml")
-    t.add_argument("--dataset", help="dataset reader (fgvc data list)")
-    t.add_argument("--data-root", help="dataset folder")
-    t.add_argument("--backbone", help="timm model name")
-    t.add_argument("--out", help="run folder (default runs/<name>-<time>)")
-    t.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    def command(name: str, help: str, description: str = "") -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=description or help, formatter_class=_Help)
+
+    t = command("train", "train a model (a recipe, or --method/--dataset)",
+                "Train a model. Arguments: a recipe name (transfg/cub; fgvc methods lists them) or a CONFIG.yaml, "
+                "then key=value settings (train.lr=0.01 data.root=/data/CUB_200_2011 method.slide_step=16).")
+    t.add_argument("items", nargs="*", metavar="RECIPE | CONFIG.yaml | key=value")
+    t.add_argument("--method", help="method name (fgvc methods); with --dataset, trains the recipe METHOD/DATASET")
+    t.add_argument("--dataset", help="dataset reader (fgvc data list); default: the recipe's")
+    t.add_argument("--data-root", help="dataset folder (data.root); default: the recipe's")
+    t.add_argument("--backbone", help="timm model name (model.backbone); default: the recipe's")
+    t.add_argument("--out", help="run folder; default: runs/<name>-<time>")
+    t.add_argument("--device", help="auto, cpu, cuda, cuda:N; default: the config's (auto)")
     t.add_argument("--resume", metavar="auto|PATH", help="continue a run: 'auto' picks the newest valid checkpoint "
-                   "of --out (and starts fresh if there is none); or a run folder / checkpoint")
+                   "of --out (and starts fresh if there is none); or a run folder / checkpoint; default: a new run")
     t.add_argument("--allow-mismatch", action="store_true",
                    help="resume even if the world size, dataset or config differ")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.add_argument("--json", action="store_true", help="print the test report as JSON at the end")
     t.set_defaults(fn=cmd_train)
 
-    e = sub.add_parser("eval", help="evaluate a run folder or checkpoint on its test split")
+    e = command("eval", "evaluate a run folder or checkpoint on its test split")
     e.add_argument("run", help="run folder or checkpoint")
-    e.add_argument("--data-root", help="the dataset's folder, if it moved")
-    e.add_argument("--split", default="test", choices=["test", "val"])
-    e.add_argument("--device", default="auto")
-    e.add_argument("--batch-size", type=int)
-    e.add_argument("--json", action="store_true")
-    e.add_argument("--quiet", action="store_true")
+    e.add_argument("--data-root", help="the dataset's folder, if it moved; default: the run's")
+    e.add_argument("--split", default="test", choices=["test", "val"], help="which split")
+    e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    e.add_argument("--batch-size", type=int, help="evaluation batch; default: the run's data.eval_batch_size")
+    e.add_argument("--json", action="store_true", help="print the report as JSON")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(fn=cmd_eval)
 
-    pr = sub.add_parser("predict", help="class names and probabilities for images")
+    pr = command("predict", "class names and probabilities for images (files or folders)",
+                 "Predict the classes of images. Unreadable files are reported and skipped.")
     pr.add_argument("run", help="run folder or checkpoint")
-    pr.add_argument("images", nargs="+", help="image files or folders")
-    pr.add_argument("--topk", type=int, default=5)
-    pr.add_argument("--json", action="store_true")
-    pr.add_argument("--device", default="auto")
+    pr.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
+    pr.add_argument("--topk", type=int, default=5, help="classes per image")
+    pr.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    pr.add_argument("--json", action="store_true", help="print JSON")
+    pr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     pr.set_defaults(fn=cmd_predict)
 
-    ex = sub.add_parser("explain", help="PNG overlays of what the method localizes")
+    ex = command("explain", "PNG overlays of what the method localizes")
     ex.add_argument("run", help="run folder or checkpoint")
     ex.add_argument("images", nargs="+", help="image files or folders")
     ex.add_argument("--out", required=True, help="folder for the PNG files")
-    ex.add_argument("--device", default="auto")
+    ex.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     ex.set_defaults(fn=cmd_explain)
 
-    lo = sub.add_parser("localize", help="compare what a run localizes with annotated object boxes and parts")
+    lo = command("localize", "compare what a run localizes with annotated object boxes and parts")
     lo.add_argument("run", help="run folder or checkpoint")
-    lo.add_argument("--data-root", help="the dataset's folder, if it moved")
-    lo.add_argument("--split", default="test", choices=["test", "val", "train"])
-    lo.add_argument("--limit", type=int, help="at most this many images")
-    lo.add_argument("--device", default="auto")
-    lo.add_argument("--json", action="store_true")
+    lo.add_argument("--data-root", help="the dataset's folder, if it moved; default: the run's")
+    lo.add_argument("--split", default="test", choices=["test", "val", "train"], help="which split")
+    lo.add_argument("--limit", type=int, help="at most this many images; default: all")
+    lo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    lo.add_argument("--json", action="store_true", help="print JSON")
     lo.set_defaults(fn=cmd_localize)
 
-    xp = sub.add_parser("export", help="export a run's inference rule with torch.export (.pt2)")
+    xp = command("export", "export a run's inference rule: ONNX (.onnx) or torch.export (.pt2)",
+                 "Export a run for deployment. The batch dimension is dynamic; a JSON sidecar beside the file holds "
+                 "the preprocessing, the class names and the method.")
     xp.add_argument("run", help="run folder or checkpoint")
-    xp.add_argument("out", help="output file, e.g. model.pt2 (a .json with class names and normalization is written beside it)")
-    xp.add_argument("--batch", type=int, default=1, help="example batch size traced")
+    xp.add_argument("out", help="output file: model.onnx or model.pt2")
     xp.set_defaults(fn=cmd_export)
 
-    d = sub.add_parser("data", help="datasets: synth, verify, list")
+    rp = command("report", "rebuild a run's report/index.html (curves, confusion matrix, overlays)")
+    rp.add_argument("run", help="run folder")
+    rp.add_argument("--overlays", type=int, default=0, help="also redraw this many test overlays (needs the dataset)")
+    rp.add_argument("--data-root", help="the dataset's folder, if it moved; default: the run's")
+    rp.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    rp.set_defaults(fn=cmd_report)
+
+    sv = command("serve", "a web page (and JSON API) to try a run on your own images",
+                 "Serve a run: open http://HOST:PORT/ and drop an image; programs POST to /api/predict.")
+    sv.add_argument("run", help="run folder or checkpoint")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    sv.add_argument("--port", type=int, default=8000, help="port")
+    sv.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    sv.add_argument("--max-mb", type=float, default=20.0, help="largest upload accepted, in MB")
+    sv.set_defaults(fn=cmd_serve)
+
+    d = command("data", "datasets: synth, verify, list")
     dsub = d.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
-    s = dsub.add_parser("synth", help="write the synthetic fine-grained dataset in the CUB-200-2011 layout")
-    s.add_argument("--out", required=True)
-    s.add_argument("--classes", type=int, default=10)
+    s = dsub.add_parser("synth", help="write the synthetic fine-grained dataset in the CUB-200-2011 layout",
+                        formatter_class=_Help)
+    s.add_argument("--out", required=True, help="folder to write (must be empty or new)")
+    s.add_argument("--classes", type=int, default=10, help="number of classes")
     s.add_argument("--per-class", type=int, default=40, help="training images per class")
-    s.add_argument("--test-per-class", type=int, default=20)
+    s.add_argument("--test-per-class", type=int, default=20, help="test images per class")
     s.add_argument("--size", type=int, default=128, help="image size in pixels")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="random seed")
     s.set_defaults(fn=cmd_data_synth)
-    v = dsub.add_parser("verify", help="read a dataset, compare its counts with the official ones, decode every image")
-    v.add_argument("root")
+    v = dsub.add_parser("verify", help="read a dataset, compare its counts with the official ones, decode every image",
+                        formatter_class=_Help)
+    v.add_argument("root", help="the dataset's folder")
+    v.add_argument("options", nargs="*", metavar="data.options.KEY=VALUE", help="reader options (level=family...)")
     v.add_argument("--dataset", required=True, help="reader name (fgvc data list)")
-    v.add_argument("--option", action="append", metavar="KEY=VALUE", help="reader option (e.g. level=family)")
     v.add_argument("--no-images", action="store_true", help="skip decoding the images")
-    v.add_argument("--workers", type=int, default=8)
+    v.add_argument("--workers", type=int, default=8, help="decoding threads")
     v.set_defaults(fn=cmd_data_verify)
-    ls = dsub.add_parser("list", help="the dataset readers")
+    ls = dsub.add_parser("list", help="the dataset readers", formatter_class=_Help)
     ls.set_defaults(fn=cmd_data_list)
     d.set_defaults(fn=lambda a: (d.print_help(), 2)[1])
 
-    b = sub.add_parser("bench", help="training/inference images/s, peak memory and loader images/s of a method")
-    b.add_argument("method")
-    b.add_argument("options", nargs="*", metavar="method.KEY=VALUE", help="method or backbone_args overrides")
-    b.add_argument("--backbone", default="resnet50")
-    b.add_argument("--img-size", type=int, default=224)
-    b.add_argument("--batch", type=int, default=16)
-    b.add_argument("--steps", type=int, default=20)
-    b.add_argument("--warmup", type=int, default=5)
-    b.add_argument("--device", default="auto")
-    b.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"])
-    b.add_argument("--channels-last", action="store_true")
-    b.add_argument("--compile", action="store_true")
-    b.add_argument("--classes", type=int, default=200)
-    b.add_argument("--infer-batch", type=int)
-    b.add_argument("--loader-workers", type=int, help="loader workers (default min(16, cores); -1 skips)")
-    b.add_argument("--json", action="store_true")
-    b.add_argument("--out", help="append the figures as a JSON line to this file")
+    b = command("bench", "training/inference images/s, peak memory and loader images/s of a method",
+                "Measure a method on random input with random weights. Backbone, resolution and batch default to the "
+                "method's paper recipe (its CUB recipe).")
+    b.add_argument("method", help="method name")
+    b.add_argument("options", nargs="*", metavar="key=value", help="method.KEY=VALUE or model.backbone_args.KEY=VALUE")
+    b.add_argument("--backbone", help="timm model name; default: the recipe's")
+    b.add_argument("--img-size", type=int, help="input size; default: the recipe's")
+    b.add_argument("--batch", type=int, help="training batch; default: the recipe's")
+    b.add_argument("--steps", type=int, default=20, help="timed training steps")
+    b.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    b.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    b.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"], help="autocast (auto: bf16 on CUDA)")
+    b.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    b.add_argument("--compile", action="store_true", help="torch.compile the step (compile time reported apart)")
+    b.add_argument("--plain", action="store_true", help="also measure the plain backbone step and report the ratio")
+    b.add_argument("--classes", type=int, default=200, help="number of classes")
+    b.add_argument("--infer-batch", type=int, help="inference batch; default: 64 on CUDA, the training batch on CPU")
+    b.add_argument("--loader-workers", type=int, help="loader workers; default: min(16, cores); -1 skips the loader")
+    b.add_argument("--profile", action="store_true", help="write a torch.profiler trace and op table into --out")
+    b.add_argument("--json", action="store_true", help="print JSON")
+    b.add_argument("--out", help="folder: appends the figures to OUT/bench.jsonl (and profiles to OUT/profile)")
     b.set_defaults(fn=cmd_bench)
 
-    m = sub.add_parser("methods", help="the methods, their papers and the backbones they accept")
+    m = command("methods", "the methods, their papers, the backbones they accept and their recipes")
     m.set_defaults(fn=cmd_methods)
 
-    dm = sub.add_parser("demo", help="train and evaluate on the built-in synthetic data (CPU, a few minutes)")
-    dm.add_argument("overrides", nargs="*", metavar="key=value")
-    dm.add_argument("--out", help="run folder (default runs/demo-<time>)")
-    dm.add_argument("--quiet", action="store_true")
+    dm = command("demo", "train and evaluate on the built-in synthetic data (CPU, a few minutes)")
+    dm.add_argument("overrides", nargs="*", metavar="key=value", help="settings")
+    dm.add_argument("--out", help="run folder; default: runs/demo-<time>")
+    dm.add_argument("--quiet", action="store_true", help="no progress bars")
     dm.set_defaults(fn=cmd_demo)
+
+    g = command("gpu-check", "prove every feature on this machine's GPU (tiny CPU run without one)",
+                "Trains, evaluates, predicts, explains, localizes, exports and resumes every method on its recipe's "
+                "backbone and resolution, then benchmarks the headline settings; prints one table. Without CUDA, "
+                "the same path at tiny sizes on the CPU.")
+    g.add_argument("--out", default="gpu-check", help="folder for the table (JSON) and logs")
+    g.add_argument("--quick", action="store_true", help="tiny sizes even on a GPU (a smoke test of the check)")
+    g.set_defaults(fn=cmd_gpu_check)
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    # key=value overrides may come after options (`train CONFIG --quiet data.root=X`)
+    # key=value settings may come after options (`train CONFIG --quiet data.root=X`)
     target = next((a for a in ("items", "overrides", "options") if isinstance(getattr(args, a, None), list)), None)
     if extra:
         if target is None or any("=" not in x or x.startswith("-") for x in extra):
@@ -438,8 +505,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not getattr(args, "fn", None):
         parser.print_help()
         return 2
-    from .engine.trainer import EXIT_PREEMPTED, Preempted
-
     try:
         return args.fn(args)
     except FgvcError as e:
@@ -451,6 +516,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `fgvc methods | head -1`: the reader left; not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

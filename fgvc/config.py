@@ -111,6 +111,9 @@ class TrainConfig:
     keep_checkpoints: int = 2  # step-N.pt files kept beside last.pt
     nonfinite: Literal["stop", "skip"] = "stop"
     nonfinite_budget: int = 10  # with nonfinite=skip: stop after this many skipped steps
+    # after each epoch: a run whose loss rose in the first epoch (diverged) stops or warns; one that is not
+    # falling, or sits near chance, warns (fgvc/engine/health.py)
+    learning_check: Literal["stop", "warn", "ignore"] = "stop"
     select: Literal["last", "best_val"] = "last"  # which weights the final test uses
     tensorboard: bool = False
     find_unused_parameters: bool = False  # DDP
@@ -160,7 +163,7 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _convert(value: Any, tp: Any, key: str) -> Any:
+def convert_value(value: Any, tp: Any, key: str) -> Any:
     """Checks ``value`` against the annotation ``tp`` and returns it converted (lists, dataclasses)."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -174,7 +177,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _convert(value, arg, key)
+                return convert_value(value, arg, key)
             except ConfigError as e:
                 errors.append(e)
         raise errors[0]
@@ -194,7 +197,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         item_tp = args[0] if args else Any
-        return [_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+        return [convert_value(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
@@ -250,7 +253,7 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
             hint = difflib.get_close_matches(str(key), list(types_), n=1)
             suggestion = f" (did you mean '{prefix}{hint[0]}'?)" if hint else ""
             raise ConfigError(f"unknown config key '{prefix}{key}'{suggestion}")
-        kwargs[key] = _convert(value, types_[key], f"{prefix}{key}")
+        kwargs[key] = convert_value(value, types_[key], f"{prefix}{key}")
     return cls(**kwargs)
 
 
@@ -351,6 +354,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if overrides:
         data = apply_overrides(data, overrides)
     return from_dict(RunConfig, data)
+
+
+def absolute_paths(cfg: RunConfig) -> RunConfig:
+    """Makes the paths a run stores (``data.root``, ``model.pretrained_file``, ``out``) absolute, so a run's
+    ``config.yaml`` works from any folder (``fgvc eval RUN`` elsewhere). Returns ``cfg``, changed in place."""
+    if cfg.data.root:
+        cfg.data.root = str(Path(cfg.data.root).expanduser().resolve())
+    if cfg.model.pretrained_file:
+        cfg.model.pretrained_file = str(Path(cfg.model.pretrained_file).expanduser().resolve())
+    if cfg.out:
+        cfg.out = str(Path(cfg.out).expanduser().resolve())
+    return cfg
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:

@@ -23,3 +23,15 @@ class CheckpointError(FgvcError):
 
 class TrainingError(FgvcError):
     """A run that stopped: a non-finite loss, out of memory, too many bad samples."""
+
+
+EXIT_PREEMPTED = 75  # the exit status of a run stopped by SIGTERM/SIGINT after saving (batch schedulers requeue)
+
+
+class Preempted(Exception):
+    """A run stopped by a signal after saving its state; ``fgvc train --resume auto`` continues it. Not an
+    error: the CLI prints the one line and exits with :data:`EXIT_PREEMPTED`."""
+
+    def __init__(self, path):
+        super().__init__(f"stopped by a signal; state saved to {path}; continue with --resume auto")
+        self.path = path

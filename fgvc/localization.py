@@ -16,11 +16,14 @@ It is a benchmark, not a test: it reports, it asserts nothing.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from .run import Run
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -81,28 +84,25 @@ def map_metrics(maps: torch.Tensor, gt: np.ndarray, size: int) -> dict[str, floa
 
 
 @torch.no_grad()
-def localization_report(path: Union[str, Path], data_root: Optional[str] = None, split: str = "test",
+def localization_report(path: Union[str, Path, "Run"], data_root: Optional[str] = None, split: str = "test",
                         device: str = "auto", batch_size: int = 32, limit: Optional[int] = None) -> dict[str, Any]:
     """Runs ``explain`` over a split and compares it with the annotated boxes and parts (see the module)."""
-    from .data.dataset import load_rgb
-    from .data.transforms import eval_geometry
+    from .arrays import as_numpy
+    from .data.dataset import image_size
     from .errors import FgvcError
-    from .inference import load_run, run_split
+    from .run import Run, load_run
 
-    run = load_run(path, device)
-    cfg = run.cfg
-    records = [r for r in run_split(run, split, data_root) if r.box is not None]
+    run = path if isinstance(path, Run) else load_run(path, device)
+    records = [r for r in run.records(split, data_root) if r.box is not None]
     if not records:
         raise FgvcError(f"no image of the '{split}' split has an object box; localization needs box annotations")
     records = records[:limit] if limit else records
-    size = cfg.data.img_size
+    size = run.preprocess.img_size
     gts, parts_all, boxes, maps = [], [], {}, {}
-    for start in range(0, len(records), batch_size):
-        chunk = records[start:start + batch_size]
-        images = []
-        for r in chunk:
-            img = load_rgb(r.path, r.crop_bottom)
-            sx, sy, ox, oy = eval_geometry(img.width, img.height, cfg.data)
+    for batch in run.batches(records, batch_size, skip_unreadable=False):
+        for r in batch.items:
+            width, height = image_size(r.path, r.crop_bottom)
+            sx, sy, ox, oy = run.preprocess.geometry(width, height)
             x, y, w, h = r.box
             gts.append([x * sx - ox, y * sy - oy, (x + w - 1) * sx - ox, (y + h - 1) * sy - oy])
             if r.parts is not None:
@@ -110,8 +110,7 @@ def localization_report(path: Union[str, Path], data_root: Optional[str] = None,
                 p[:, 0], p[:, 1] = p[:, 0] * sx - ox, p[:, 1] * sy - oy
                 p[:, 2] *= (p[:, 0] >= 0) & (p[:, 0] < size) & (p[:, 1] >= 0) & (p[:, 1] < size)
                 parts_all.append(p)
-            images.append(run.transform(img))
-        expl = run.model.explain(torch.stack(images).to(run.device))
+        expl = run.model.explain(batch.images)
         for name, b in expl.boxes.items():
             if b.ndim == 2:
                 boxes.setdefault(name, []).append(b.float().cpu())
@@ -120,9 +119,9 @@ def localization_report(path: Union[str, Path], data_root: Optional[str] = None,
     gt = np.clip(np.array(gts, dtype=np.float64), 0, size - 1)
     parts = np.stack(parts_all) if len(parts_all) == len(records) else None
     report: dict[str, Any] = {"images": len(records), "split": split, "checkpoint": str(run.checkpoint),
-                              "method": cfg.model.method, "boxes": {}, "maps": {}}
+                              "method": run.method, "boxes": {}, "maps": {}}
     for name, chunks in boxes.items():
-        report["boxes"][name] = box_metrics(torch.cat(chunks).numpy().astype(np.float64), gt, parts, size)
+        report["boxes"][name] = box_metrics(as_numpy(torch.cat(chunks)).astype(np.float64), gt, parts, size)
     for name, chunks in maps.items():
         report["maps"][name] = map_metrics(torch.cat(chunks), gt, size)
     return report

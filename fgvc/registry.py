@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 from typing import TYPE_CHECKING, Any, Optional
 
 from .config import RunConfig, from_dict, to_dict
@@ -34,7 +35,9 @@ def register_method(cls: type) -> type:
 
 
 def _ensure_loaded() -> None:
-    from . import methods  # noqa: F401  (importing the package registers every built-in method)
+    # Importing fgvc.methods registers the built-in methods. By name, so that the registry (which the
+    # methods import to register themselves) has no import edge back to them.
+    importlib.import_module("fgvc.methods")
 
 
 def list_methods() -> list[str]:

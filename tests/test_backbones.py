@@ -10,7 +10,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from fgvc.backbones import create_backbone, stage_features, to_nchw
+from fgvc.backbones import create_backbone, create_stage_backbone, stage_info, to_nchw
 from fgvc.errors import ConfigError, FgvcError
 
 from fakes import write_google_vit_npz
@@ -76,5 +76,28 @@ def test_spatial_and_stage_features(name, kwargs):
     x = torch.randn(2, 3, 64, 64)
     fmap = to_nchw(m, m.forward_features(x))
     assert fmap.ndim == 4 and fmap.shape[:2] == (2, m.num_features)
-    stages = stage_features(m, x, [-2, -1])
+    n = len(stage_info(name, img_size=64, **kwargs))
+    staged = create_stage_backbone(name, [n - 2, n - 1], img_size=64, **kwargs)
+    stages = staged(x)
     assert len(stages) == 2 and all(s.ndim == 4 and s.shape[0] == 2 for s in stages)
+
+
+def test_stage_features_without_forward_intermediates_use_features_only(monkeypatch):
+    """Older timm versions lack forward_intermediates on some models (Inception-V3 before 1.0.31): the stage
+    path then uses timm's features_only wrapper and gives the same maps."""
+    from timm.models.resnet import ResNet
+
+    x = torch.randn(2, 3, 64, 64)
+    torch.manual_seed(0)
+    modern = create_stage_backbone("test_resnet", [2, 3], img_size=64).eval()
+    with torch.no_grad():
+        expected = modern(x)
+    monkeypatch.delattr(ResNet, "forward_intermediates")
+    torch.manual_seed(0)
+    old = create_stage_backbone("test_resnet", [2, 3], img_size=64).eval()
+    assert modern.via == "intermediates" and old.via == "features_only"
+    with torch.no_grad():
+        got = old(x)
+    assert len(got) == 2
+    for a, b in zip(expected, got):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-6)

@@ -17,7 +17,7 @@ from fgvc.cli import main
 
 from conftest import ROOT
 
-SMOKE = str(ROOT / "configs" / "smoke" / "baseline.yaml")
+SMOKE = str(ROOT / "fgvc" / "configs" / "smoke" / "baseline.yaml")
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
@@ -73,13 +73,19 @@ def test_eval_predict_explain(trained, synth, capsys, tmp_path):
     assert code == 0 and len(list((tmp_path / "ov").glob("*.png"))) == 9
 
 
-def test_export_writes_a_loadable_program(trained, tmp_path, capsys):
+def test_export_writes_a_loadable_program_and_a_complete_sidecar(trained, tmp_path, capsys):
     code, out, _ = run(capsys, "export", trained, tmp_path / "model.pt2")
-    assert code == 0
+    assert code == 0 and "batch dimension dynamic" in out
     program = torch.export.load(str(tmp_path / "model.pt2"))
     meta = json.loads((tmp_path / "model.json").read_text())
-    assert len(meta["class_names"]) == 3 and meta["input"] == [1, 3, 32, 32]
-    assert program.module()(torch.randn(1, 3, 32, 32)).shape == (1, 3)
+    assert len(meta["class_names"]) == 3 and meta["input"]["shape"] == ["batch", 3, 32, 32]
+    pre = meta["preprocessing"]
+    assert (pre["resize"], pre["resize_mode"], pre["img_size"]) == (36, "square", 32) and len(pre["mean"]) == 3
+    assert meta["method"] == "baseline" and meta["check"]["max_abs_diff"] < 1e-4
+    for batch in (1, 3):
+        assert program.module()(torch.randn(batch, 3, 32, 32)).shape == (batch, 3)
+    code, _, err = run(capsys, "export", trained, tmp_path / "model.tflite")
+    assert code == 1 and "unknown format '.tflite'" in err
 
 
 def test_localize_reports_against_the_synthetic_ground_truth(trained, capsys):
@@ -188,7 +194,7 @@ def test_every_method_trains_evaluates_predicts_and_explains(method, synth, tmp_
     """The issue's check for every method: smoke training on the synthetic data through the CUB reader,
     then eval, predict and explain on the checkpoint."""
     out = tmp_path / method
-    code, _, err = run(capsys, "train", ROOT / "configs" / "smoke" / f"{method}.yaml", f"data.root={synth}",
+    code, _, err = run(capsys, "train", ROOT / "fgvc" / "configs" / "smoke" / f"{method}.yaml", f"data.root={synth}",
                        f"out={out}", "train.epochs=1", "--quiet")
     assert code == 0, err
     image = next((synth / "images").rglob("*.jpg"))
@@ -198,3 +204,22 @@ def test_every_method_trains_evaluates_predicts_and_explains(method, synth, tmp_
     assert code == 0 and len(json.loads(out_pred)[0]["top"]) == 3, err
     code, _, err = run(capsys, "explain", out, image, "--out", tmp_path / "overlays")
     assert code == 0 and len(list((tmp_path / "overlays").glob("*.png"))) == 1, err
+    # export: torch.export and ONNX, batch dimension dynamic, outputs equal the run's at batch 1 and 3
+    import onnxruntime
+
+    from fgvc.run import load_run
+
+    loaded = load_run(out, device="cpu")
+    program = tmp_path / "m.pt2"
+    assert run(capsys, "export", out, program)[0] == 0
+    assert run(capsys, "export", out, tmp_path / "m.onnx")[0] == 0
+    exported = torch.export.load(str(program)).module()
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    size = loaded.preprocess.img_size
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, size, size)
+        with torch.no_grad():
+            ref = loaded.model(x)
+        assert torch.allclose(exported(x), ref, atol=1e-5), method
+        got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+        assert got.shape == ref.shape and torch.allclose(got, ref, atol=1e-4), method

@@ -63,7 +63,7 @@ def test_missing_and_malformed_files(tmp_path):
         load_config(tmp_path / "bad.yaml")
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("path", sorted((ROOT / "fgvc" / "configs").rglob("*.yaml")), ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_shipped_recipe_is_valid(path):
     cfg = load_config(path)
     method_config(cfg.model.method, cfg.method)
@@ -74,10 +74,25 @@ def test_every_shipped_recipe_is_valid(path):
 
 
 def test_demo_recipe_is_valid():
-    from fgvc.cli import DEMO_CONFIG
+    from fgvc.recipes import DEMO
 
-    cfg = load_config(DEMO_CONFIG)
+    cfg = load_config(DEMO)
     assert cfg.data.dataset == "synthetic" and not cfg.model.pretrained
+
+
+def test_recipes_are_found_by_name_and_unknown_pairs_name_what_exists():
+    from fgvc.recipes import list_recipes, recipe_path, resolve_recipe
+
+    assert resolve_recipe("transfg/cub") == recipe_path("transfg", "cub")
+    assert resolve_recipe("configs/transfg/cub.yaml") == recipe_path("transfg", "cub")  # a source checkout's form
+    assert "cub" in list_recipes()["wsdan"] and "_base" not in list_recipes()["wsdan"]
+    with pytest.raises(ConfigError, match=r"no recipe transfg/cubb; did you mean transfg/cub\? transfg has recipes "
+                                          r"for: cars, cub, dogs, inat2017, nabirds"):
+        recipe_path("transfg", "cubb")
+    with pytest.raises(ConfigError, match=r"no recipes for method 'tranfsg' \(did you mean transfg\?\)"):
+        recipe_path("tranfsg", "cub")
+    with pytest.raises(ConfigError, match="no recipe transfg/_base"):
+        recipe_path("transfg", "_base")
 
 
 def test_parse_overrides_rejects_empty_key():

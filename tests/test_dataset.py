@@ -12,7 +12,7 @@ from PIL import Image
 from fgvc.config import DataConfig
 from fgvc.data.dataset import ImageDataset, check_images, load_rgb
 from fgvc.data.records import Record, stratified_split
-from fgvc.data.transforms import build_eval_transform, build_train_transform, eval_geometry
+from fgvc.data.transforms import Preprocess, build_eval_transform, build_train_transform
 from fgvc.errors import DataError
 
 from fakes import jpg
@@ -110,8 +110,25 @@ def test_stratified_split_is_seeded_and_stratified():
 
 
 def test_eval_geometry_maps_points_into_the_crop():
-    cfg = DataConfig(img_size=100, resize=120)
-    sx, sy, ox, oy = eval_geometry(240, 480, cfg)
+    pre = Preprocess.from_config(DataConfig(img_size=100, resize=120), (0.5,) * 3, (0.5,) * 3)
+    sx, sy, ox, oy = pre.geometry(240, 480)
     assert (sx, sy, ox, oy) == (0.5, 0.25, 10.0, 10.0)
     # the centre of the original image lands on the centre of the crop
     assert (120 * sx - ox, 240 * sy - oy) == (50.0, 50.0)
+
+
+@pytest.mark.parametrize("mode,size", [("square", (150, 97)), ("shorter", (151, 97)), ("shorter", (97, 151))])
+def test_eval_geometry_is_where_the_eval_transform_puts_a_pixel(mode, size):
+    """The geometry and the transform come from one Preprocess: a bright dot lands where the geometry says."""
+    pre = Preprocess(img_size=48, resize=60, resize_mode=mode, mean=(0.0,) * 3, std=(1.0,) * 3)
+    w, h = size
+    for x, y in ((w // 2, h // 2), (w // 2 + 9, h // 2 - 7)):
+        img = np.zeros((h, w, 3), np.uint8)
+        img[y - 2:y + 3, x - 2:x + 3] = 255
+        out = pre.transform()(Image.fromarray(img))[0]
+        sx, sy, ox, oy = pre.geometry(w, h)
+        weights = out / out.sum()
+        cy = float((weights.sum(1) * torch.arange(48)).sum())
+        cx = float((weights.sum(0) * torch.arange(48)).sum())
+        # pixel centres: (x + 0.5) * s - 0.5 in the resized image, then the crop offset
+        assert abs(cx - ((x + 0.5) * sx - 0.5 - ox)) < 0.35 and abs(cy - ((y + 0.5) * sy - 0.5 - oy)) < 0.35

@@ -131,7 +131,7 @@ def test_eval_halves_batch_on_oom_and_gives_same_result(synth_root):
 # --- runs -------------------------------------------------------------------------------------------------
 
 def _run(tmp_path, synth_root, name, *extra):
-    cfg = load_config(ROOT / "configs" / "smoke" / "baseline.yaml",
+    cfg = load_config(ROOT / "fgvc" / "configs" / "smoke" / "baseline.yaml",
                       tiny_overrides(synth_root, tmp_path / name, **{"train.keep_checkpoints": 20,
                                                                      "eval.explain_samples": 0}) + list(extra))
     return train(cfg, progress=False)
@@ -161,7 +161,7 @@ def test_resume_from_a_middle_checkpoint_is_bitwise_exact(tmp_path, synth_root):
     part = tmp_path / "part"
     part.mkdir()
     shutil.copy(full.run_dir / "step-4.pt", part / "last.pt")
-    cfg = load_config(ROOT / "configs" / "smoke" / "baseline.yaml",
+    cfg = load_config(ROOT / "fgvc" / "configs" / "smoke" / "baseline.yaml",
                       tiny_overrides(synth_root, part, **{"train.keep_checkpoints": 20, "eval.explain_samples": 0})
                       + extra)
     resumed = train(cfg, resume="auto", progress=False)
@@ -178,7 +178,7 @@ def test_resume_from_a_middle_checkpoint_is_bitwise_exact(tmp_path, synth_root):
 
 def test_resume_refuses_another_config(tmp_path, synth_root):
     run = _run(tmp_path, synth_root, "r", "train.epochs=1")
-    cfg = load_config(ROOT / "configs" / "smoke" / "baseline.yaml",
+    cfg = load_config(ROOT / "fgvc" / "configs" / "smoke" / "baseline.yaml",
                       tiny_overrides(synth_root, run.run_dir, **{"train.lr": 0.9}))
     with pytest.raises(CheckpointError, match=r"config differs: .*train.lr: 0.05 -> 0.9"):
         train(cfg, resume="auto", progress=False)
@@ -186,7 +186,7 @@ def test_resume_refuses_another_config(tmp_path, synth_root):
 
 def test_new_run_refuses_an_existing_run_folder(tmp_path, synth_root):
     run = _run(tmp_path, synth_root, "x", "train.epochs=1")
-    cfg = load_config(ROOT / "configs" / "smoke" / "baseline.yaml", tiny_overrides(synth_root, run.run_dir))
+    cfg = load_config(ROOT / "fgvc" / "configs" / "smoke" / "baseline.yaml", tiny_overrides(synth_root, run.run_dir))
     with pytest.raises(ConfigError, match="already holds a run"):
         train(cfg, progress=False)
 
@@ -197,7 +197,7 @@ def test_resume_refuses_another_dataset(tmp_path, synth_root):
     shutil.copytree(synth_root, other)
     labels = other / "image_class_labels.txt"
     labels.write_text(labels.read_text().replace("\n3 1\n", "\n3 2\n"))
-    cfg = load_config(ROOT / "configs" / "smoke" / "baseline.yaml",
+    cfg = load_config(ROOT / "fgvc" / "configs" / "smoke" / "baseline.yaml",
                       tiny_overrides(other, run.run_dir, **{"train.keep_checkpoints": 20, "eval.explain_samples": 0,
                                                             "train.epochs": 1}))
     with pytest.raises(CheckpointError, match="the dataset differs"):

@@ -86,7 +86,7 @@ def test_nothing_is_suppressed_in_eval_mode():
 
 @pytest.mark.parametrize("method", ["baseline", "transfg", "dbgce"])
 def test_gce_trains_with_several_methods(method, tmp_path, synth_root):
-    cfg = load_config(ROOT / "configs" / "smoke" / f"{method}.yaml",
+    cfg = load_config(ROOT / "fgvc" / "configs" / "smoke" / f"{method}.yaml",
                       tiny_overrides(synth_root, tmp_path / method, **{"train.loss": "gce", "train.gce_k": 2,
                                                                       "train.epochs": 1, "eval.explain_samples": 0,
                                                                       "data.img_size": 64, "data.resize": 72}))

@@ -9,7 +9,8 @@ import torch
 from scipy import ndimage
 
 from fgvc.losses import build_criterion
-from fgvc.methods.base import StepContext, largest_component, mask_box
+from fgvc.methods.base import StepContext
+from fgvc.methods.ops import largest_component, mask_box
 from fgvc.methods.rams_trans import map_box, paste_map
 from fgvc.registry import create_model
 
@@ -121,7 +122,7 @@ def test_second_scale_sees_the_crop_of_the_first_scales_box():
         _, rec = real(x, 0, record=True)
         box = model.propose(model.attention_map(rec))
         model.run_scales(x, 2)
-    from fgvc.methods.base import crop_and_zoom
+    from fgvc.methods.ops import crop_and_zoom
 
     assert torch.allclose(seen[1], crop_and_zoom(x, box, align_corners=True))
 

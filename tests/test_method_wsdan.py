@@ -13,7 +13,8 @@ from fgvc.engine import checkpoint as ckpt
 from fgvc.engine.trainer import train
 from fgvc.inference import load_run
 from fgvc.losses import build_criterion
-from fgvc.methods.base import StepContext, crop_and_zoom
+from fgvc.methods.base import StepContext
+from fgvc.methods.ops import crop_and_zoom
 from fgvc.methods.wsdan import bilinear_attention_pooling, boxes_from_maps
 from fgvc.registry import create_model
 
@@ -132,11 +133,21 @@ def test_unknown_feature_layer_is_a_config_error():
         create_model("wsdan", backbone="test_resnet", num_classes=3, img_size=64, feature_layer="Mixed_9z")
 
 
+def test_the_papers_layer_on_another_backbone_takes_the_stage_at_its_stride():
+    """The recipe names Inception-V3's Mixed_6e (stride 16) and the Dogs recipe Mixed_7c (stride 32); on a
+    ResNet those become layer3 and layer4, and the model's notes (printed in the run log) say so."""
+    six = create_model("wsdan", backbone="resnet18", num_classes=3, img_size=64, feature_layer="Mixed_6e")
+    seven = create_model("wsdan", backbone="resnet18", num_classes=3, img_size=64, feature_layer="Mixed_7c")
+    assert six.fc.in_features == 32 * 256 and seven.fc.in_features == 32 * 512
+    assert "layer3 (stride 16" in six.notes[0] and "'Mixed_6e' is not a stage of resnet18" in six.notes[0]
+    assert "layer4 (stride 32" in seven.notes[0]
+
+
 def test_centers_survive_save_and_resume(tmp_path, synth_root):
     over = tiny_overrides(synth_root, tmp_path / "w", **{"train.epochs": 2, "train.ckpt_every": 2,
                                                          "train.keep_checkpoints": 10, "data.img_size": 64,
                                                          "data.resize": 72, "eval.explain_samples": 0})
-    cfg = load_config(ROOT / "configs" / "smoke" / "wsdan.yaml", over)
+    cfg = load_config(ROOT / "fgvc" / "configs" / "smoke" / "wsdan.yaml", over)
     full = train(cfg, progress=False)
     state = ckpt.load_checkpoint(full.run_dir / "last.pt")
     assert state["model"]["centers"].abs().sum() > 0
@@ -145,7 +156,7 @@ def test_centers_survive_save_and_resume(tmp_path, synth_root):
     part = tmp_path / "part"
     part.mkdir()
     (part / "last.pt").write_bytes((full.run_dir / "step-4.pt").read_bytes())
-    cfg2 = load_config(ROOT / "configs" / "smoke" / "wsdan.yaml",
+    cfg2 = load_config(ROOT / "fgvc" / "configs" / "smoke" / "wsdan.yaml",
                        tiny_overrides(synth_root, part, **{"train.epochs": 2, "train.ckpt_every": 2,
                                                            "train.keep_checkpoints": 10, "data.img_size": 64,
                                                            "data.resize": 72, "eval.explain_samples": 0}))

@@ -12,7 +12,8 @@ import torch
 from fgvc.config import load_config
 from fgvc.errors import ConfigError
 from fgvc.losses import build_criterion
-from fgvc.methods.base import Explanation, StepContext, crop_and_zoom
+from fgvc.methods.base import Explanation, StepContext
+from fgvc.methods.ops import crop_and_zoom
 from fgvc.registry import create_model_from_config, get_method, list_methods, register_method
 
 from conftest import ROOT
@@ -22,7 +23,7 @@ K = 5
 
 
 def build(name: str):
-    cfg = load_config(ROOT / "configs" / "smoke" / f"{name}.yaml")
+    cfg = load_config(ROOT / "fgvc" / "configs" / "smoke" / f"{name}.yaml")
     assert cfg.model.method == name
     torch.manual_seed(0)
     return create_model_from_config(cfg, K), cfg.data.img_size
@@ -34,7 +35,7 @@ def ctx(step=0):
 
 @pytest.mark.parametrize("name", METHODS)
 def test_smoke_recipe_exists(name):
-    assert (ROOT / "configs" / "smoke" / f"{name}.yaml").is_file()
+    assert (ROOT / "fgvc" / "configs" / "smoke" / f"{name}.yaml").is_file()
     cls = get_method(name)
     assert cls.paper and cls.code and cls.backbones
 

@@ -25,7 +25,7 @@ from fgvc.engine import checkpoint as ckpt
 from conftest import ROOT
 
 RUNNER = str(Path(__file__).with_name("_runner.py"))
-SMOKE = str(ROOT / "configs" / "smoke" / "baseline.yaml")
+SMOKE = str(ROOT / "fgvc" / "configs" / "smoke" / "baseline.yaml")
 pytestmark = pytest.mark.slow
 
 

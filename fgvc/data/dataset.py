@@ -9,6 +9,7 @@ crop or flip a sample gets (the exact-resume promise of docs/reliability.md).
 from __future__ import annotations
 
 import random
+import signal
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional, Sequence
 
@@ -45,6 +46,23 @@ def load_rgb(path: str, crop_bottom: int = 0) -> Image.Image:
     if crop_bottom:
         im = im.crop((0, 0, im.width, max(1, im.height - crop_bottom)))
     return im
+
+
+def image_size(path: str, crop_bottom: int = 0) -> tuple[int, int]:
+    """``(width, height)`` of an image as :func:`load_rgb` returns it, read from the header only."""
+    with Image.open(path) as im:
+        return im.width, max(1, im.height - crop_bottom) if crop_bottom else im.height
+
+
+def leave_signals_to_the_main_process(worker_id: int = 0) -> None:
+    """``worker_init_fn`` of every fgvc DataLoader: workers ignore SIGTERM and SIGINT.
+
+    A batch scheduler (or ``timeout``, or Ctrl-C in a terminal) signals the whole process group. Workers that
+    died of it would make the main process fail with "DataLoader worker ... killed by signal" before it could
+    save; ignoring it, they keep serving until the main process has saved and shuts them down.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

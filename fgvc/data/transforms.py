@@ -1,12 +1,16 @@
 """The recipes' image transforms, built from :class:`~fgvc.config.DataConfig` with torchvision.
 
 Training: resize (square, as the papers do, or shorter side) -> random crop -> flip -> optional
-AutoAugment / colour jitter / blur / sharpness -> tensor -> normalize. Evaluation: resize -> centre crop.
+AutoAugment / colour jitter / blur / sharpness -> tensor -> normalize. Evaluation (:class:`Preprocess`):
+resize -> centre crop -> tensor -> normalize; the same object gives the geometry that maps original
+pixels into the crop and the description an exported model carries.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
 
 from torchvision import transforms as T
 
@@ -18,15 +22,20 @@ def resize_size(cfg: DataConfig) -> int:
     return cfg.resize or int(round(cfg.img_size / 0.875))
 
 
-def _resize(cfg: DataConfig) -> T.Resize:
-    r = resize_size(cfg)
-    size = (r, r) if cfg.resize_mode == "square" else r
-    return T.Resize(size, interpolation=T.InterpolationMode.BILINEAR, antialias=True)
+def _resize(size: int, mode: str) -> T.Resize:
+    return T.Resize((size, size) if mode == "square" else size, interpolation=T.InterpolationMode.BILINEAR,
+                    antialias=True)
+
+
+def normalization(cfg: DataConfig, model: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``data.mean``/``data.std`` where the recipe sets them, else the backbone's pretrained normalization."""
+    mean, std = model.mean_std
+    return tuple(cfg.mean or mean), tuple(cfg.std or std)
 
 
 def build_train_transform(cfg: DataConfig, mean: Sequence[float], std: Sequence[float]) -> T.Compose:
     """Training-time augmentation of a recipe."""
-    ops = [_resize(cfg), T.RandomCrop(cfg.img_size, pad_if_needed=True)]
+    ops = [_resize(resize_size(cfg), cfg.resize_mode), T.RandomCrop(cfg.img_size, pad_if_needed=True)]
     if cfg.hflip:
         ops.append(T.RandomHorizontalFlip())
     if cfg.autoaugment:
@@ -41,22 +50,54 @@ def build_train_transform(cfg: DataConfig, mean: Sequence[float], std: Sequence[
     return T.Compose(ops)
 
 
+@dataclass(frozen=True)
+class Preprocess:
+    """The fixed evaluation preprocessing: bilinear resize (``square``: to ``resize x resize``; ``shorter``:
+    the shorter side to ``resize``), centre crop of ``img_size``, scaling to [0, 1], normalization."""
+
+    img_size: int
+    resize: int
+    resize_mode: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def from_config(cls, cfg: DataConfig, mean: Sequence[float], std: Sequence[float]) -> "Preprocess":
+        return cls(cfg.img_size, resize_size(cfg), cfg.resize_mode, tuple(mean), tuple(std))
+
+    def transform(self) -> T.Compose:
+        """PIL image -> normalized ``[3, img_size, img_size]`` tensor."""
+        return T.Compose([_resize(self.resize, self.resize_mode), T.CenterCrop(self.img_size), T.ToTensor(),
+                          T.Normalize(self.mean, self.std)])
+
+    def resized(self, width: int, height: int) -> tuple[int, int]:
+        """The image size after the resize (torchvision's rule: the long side truncated)."""
+        if self.resize_mode == "square":
+            return self.resize, self.resize
+        if width <= height:
+            return self.resize, int(self.resize * height / width)
+        return int(self.resize * width / height), self.resize
+
+    def geometry(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """Maps original pixel coordinates into the crop: ``x' = x * sx - ox``, ``y' = y * sy - oy``."""
+        rw, rh = self.resized(width, height)
+        ox = int(round((rw - self.img_size) / 2.0))  # torchvision's CenterCrop offsets
+        oy = int(round((rh - self.img_size) / 2.0))
+        return rw / width, rh / height, float(ox), float(oy)
+
+    def describe(self) -> dict[str, Any]:
+        """The steps in words and numbers, for a program outside fgvc (an exported model's sidecar)."""
+        d = asdict(self)
+        d.update(mean=list(self.mean), std=list(self.std), interpolation="bilinear (antialiased)",
+                 steps=["convert to RGB", f"resize {'to ' + str(self.resize) + 'x' + str(self.resize) if self.resize_mode == 'square' else 'the shorter side to ' + str(self.resize) + ' (long side truncated)'}",
+                        f"centre crop {self.img_size}x{self.img_size}", "scale to [0, 1] (divide by 255)",
+                        "subtract mean, divide by std (per channel, RGB order)", "layout NCHW, float32"])
+        return d
+
+
 def build_eval_transform(cfg: DataConfig, mean: Sequence[float], std: Sequence[float]) -> T.Compose:
-    """The fixed evaluation transform: resize, centre crop, normalize."""
-    return T.Compose([_resize(cfg), T.CenterCrop(cfg.img_size), T.ToTensor(), T.Normalize(mean, std)])
+    """The fixed evaluation transform of a config (see :class:`Preprocess`)."""
+    return Preprocess.from_config(cfg, mean, std).transform()
 
 
-def eval_geometry(width: int, height: int, cfg: DataConfig) -> tuple[float, float, float, float]:
-    """Maps original pixel coordinates to the evaluation crop: ``x' = x * sx - ox``, ``y' = y * sy - oy``.
-
-    Used to compare what a method localizes with ground-truth boxes and parts.
-    """
-    r = resize_size(cfg)
-    if cfg.resize_mode == "square":
-        rw, rh = r, r
-    else:
-        s = r / min(width, height)
-        rw, rh = int(round(width * s)), int(round(height * s))
-    sx, sy = rw / width, rh / height
-    ox, oy = (rw - cfg.img_size) / 2, (rh - cfg.img_size) / 2
-    return sx, sy, float(int(round(ox))), float(int(round(oy)))
+__all__ = ["Preprocess", "build_train_transform", "build_eval_transform", "normalization", "resize_size"]

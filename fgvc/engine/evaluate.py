@@ -7,23 +7,16 @@ remaining images are retried; the result is the same, only slower.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from ..data.dataset import ImageDataset
+from ..data.dataset import ImageDataset, leave_signals_to_the_main_process
 from ..data.records import Record
 from .distributed import DistInfo, gather_objects
-
-
-def autocast(device: torch.device, dtype: Optional[torch.dtype]):
-    """``torch.autocast`` for ``dtype`` on ``device``, or a no-op when ``dtype`` is None."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+from .precision import autocast
 
 
 @torch.no_grad()
@@ -52,6 +45,7 @@ def predict_split(model: nn.Module, records: Sequence[Record], transform: Callab
     while done < len(mine):
         loader = DataLoader(Subset(dataset, mine[done:]), batch_size=batch_size, shuffle=False,
                             num_workers=num_workers, pin_memory=device.type == "cuda",
+                            worker_init_fn=leave_signals_to_the_main_process,
                             generator=torch.Generator().manual_seed(0))  # leaves the global RNG alone
         try:
             for images, labels, idx, bad in loader:

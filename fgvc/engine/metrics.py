@@ -7,6 +7,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from ..arrays import as_numpy
+
 
 def topk_correct(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
     """``[N]`` booleans: is the target among the top ``k`` predictions."""
@@ -32,14 +34,14 @@ def classification_report(logits: torch.Tensor, targets: torch.Tensor, class_nam
     logits, targets = logits.float().cpu(), targets.long().cpu()
     n, k_classes = logits.shape
     pred = logits.argmax(1)
-    correct = (pred == targets).numpy()
-    t = targets.numpy()
+    correct = as_numpy(pred == targets)
+    t = as_numpy(targets)
     counts = np.bincount(t, minlength=k_classes)
     hits = np.bincount(t, weights=correct, minlength=k_classes)
     present = counts > 0
     per_class = np.where(present, hits / np.maximum(counts, 1), np.nan)
     wrong = ~correct
-    pair_keys, pair_counts = np.unique(t[wrong] * k_classes + pred.numpy()[wrong], return_counts=True)
+    pair_keys, pair_counts = np.unique(t[wrong] * k_classes + as_numpy(pred)[wrong], return_counts=True)
     order = np.argsort(-pair_counts, kind="stable")[:pairs]
     confused = [{"true": int(pair_keys[i] // k_classes), "pred": int(pair_keys[i] % k_classes),
                  "true_name": class_names[int(pair_keys[i] // k_classes)],
@@ -58,8 +60,8 @@ def classification_report(logits: torch.Tensor, targets: torch.Tensor, class_nam
 
 def confusion_matrix(logits: torch.Tensor, targets: torch.Tensor, num_classes: int) -> np.ndarray:
     """``[K, K]`` counts, rows = true class, columns = prediction."""
-    pred = logits.argmax(1).cpu().numpy()
-    t = targets.cpu().numpy()
+    pred = as_numpy(logits.argmax(1))
+    t = as_numpy(targets)
     return np.bincount(t * num_classes + pred, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 

@@ -10,7 +10,9 @@ A method is an ``nn.Module`` with three faces:
   run chose (CE, label smoothing, GCE); methods use it wherever the paper uses CE.
 - ``explain(images) -> Explanation``: what the method localizes, in input pixel coordinates.
 
-The engine only ever calls these, plus the hooks below; it never branches on a method's name.
+The engine only ever calls these, plus the hooks below; it never branches on a method's name. The
+operations several methods share (crop-and-zoom, connected components, class activation maps) live
+beside this file in :mod:`fgvc.methods.ops`.
 """
 
 from __future__ import annotations
@@ -20,10 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..backbones import create_backbone, mean_std
+from ..backbones import StageFeatures, create_backbone, create_stage_backbone, mean_std, stage_info
 
 
 @dataclass
@@ -95,12 +96,14 @@ class Method(nn.Module):
     code: ClassVar[str] = ""  # official code link (or "none")
     backbones: ClassVar[str] = "any timm model"  # what `fgvc methods` prints
     Config: ClassVar[type] = NoOptions
+    lr_hint: ClassVar[str] = ""  # advice a run that does not learn prints (the method's learning-rate range)
 
     def __init__(self, spec: ModelSpec, cfg: Any):
         super().__init__()
         self.spec = spec
-        self.cfg = cfg
+        self.cfg = cfg  # the options as the user gave them; resolved choices live on the instance
         self.num_classes = spec.num_classes
+        self.notes: list[str] = []  # choices made for this backbone, printed at the start of a run
 
     # -- construction helpers -------------------------------------------------------------------------
 
@@ -109,13 +112,19 @@ class Method(nn.Module):
         """Raises :class:`~fgvc.errors.ConfigError` when the method cannot use ``spec.backbone``."""
 
     @classmethod
-    def require_stage_features(cls, spec: ModelSpec) -> None:
-        """The check of the methods built on multi-stage features (``feature_info``, ``forward_intermediates``)."""
-        model = cls.probe_backbone(spec)
-        if not hasattr(model, "feature_info") or not hasattr(model, "forward_intermediates"):
-            from ..errors import ConfigError
+    def stages_of(cls, spec: ModelSpec) -> list[dict[str, Any]]:
+        """The backbone's stages (``feature_info``), for the methods built on multi-stage features.
 
-            raise ConfigError(f"model.backbone: {cls.name} cannot use {spec.backbone}: it gives no multi-stage features")
+        Raises:
+            ConfigError: When the backbone declares none.
+        """
+        from ..errors import ConfigError
+
+        try:
+            return stage_info(spec.backbone, img_size=spec.img_size, **spec.backbone_args)
+        except ConfigError:
+            raise ConfigError(f"model.backbone: {cls.name} cannot use {spec.backbone}: it gives no multi-stage "
+                              "features") from None
 
     @staticmethod
     def probe_backbone(spec: ModelSpec, **kwargs: Any) -> nn.Module:
@@ -128,6 +137,12 @@ class Method(nn.Module):
         s = self.spec
         return create_backbone(s.backbone, pretrained=s.pretrained, pretrained_file=s.pretrained_file,
                                img_size=s.img_size, drop_path_rate=s.drop_path_rate, **{**s.backbone_args, **kwargs})
+
+    def make_stage_backbone(self, indices: list[int]) -> StageFeatures:
+        """The timm backbone of ``self.spec`` cut after the last of ``indices``, returning those stages."""
+        s = self.spec
+        return create_stage_backbone(s.backbone, indices, pretrained=s.pretrained, pretrained_file=s.pretrained_file,
+                                     img_size=s.img_size, drop_path_rate=s.drop_path_rate, **s.backbone_args)
 
     @property
     def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -191,101 +206,3 @@ class Method(nn.Module):
     def options(self) -> dict[str, Any]:
         """The method's options as a dict (for reports)."""
         return dataclasses.asdict(self.cfg) if dataclasses.is_dataclass(self.cfg) else {}
-
-
-# ---------------------------------------------------------------------------------------------------
-# Shared helpers
-
-
-def class_activation_maps(feature_map: torch.Tensor, weight: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-    """CAM of one class per image: ``sum_c W[class, c] * F[b, c]`` -> ``[B, h, w]``."""
-    return torch.einsum("bchw,bc->bhw", feature_map.float(), weight[classes].float())
-
-
-def crop_and_zoom(images: torch.Tensor, boxes: torch.Tensor, size: Optional[tuple[int, int]] = None,
-                  align_corners: bool = False) -> torch.Tensor:
-    """Bilinear crop-and-resize of one box per image, batched (no Python loop).
-
-    Args:
-        images: ``[B, C, H, W]``.
-        boxes: ``[B, 4]`` as ``x0, y0, x1, y1`` in pixels, edges included (pixel ``x1`` is in the crop).
-        size: Output ``(h, w)``; the input size by default.
-        align_corners: Sample like ``F.interpolate(..., align_corners=True)`` on the crop (RAMS-Trans's
-            code); otherwise half-pixel centres.
-
-    Returns:
-        ``[B, C, h, w]``: each box stretched to the output size.
-    """
-    b, _, h, w = images.shape
-    oh, ow = size or (h, w)
-    boxes = boxes.to(images.dtype if images.is_floating_point() else torch.float32)
-    x0, y0, x1, y1 = boxes.unbind(1)
-    # The box as a range of pixel centres, in grid_sample's normalized coordinates (align_corners=True:
-    # -1 and 1 are the centres of the first and last pixel).
-    if align_corners:
-        gx = torch.linspace(0, 1, ow, device=images.device, dtype=boxes.dtype)
-        gy = torch.linspace(0, 1, oh, device=images.device, dtype=boxes.dtype)
-        xs = x0[:, None] + (x1 - x0)[:, None] * gx
-        ys = y0[:, None] + (y1 - y0)[:, None] * gy
-    else:
-        gx = (torch.arange(ow, device=images.device, dtype=boxes.dtype) + 0.5) / ow
-        gy = (torch.arange(oh, device=images.device, dtype=boxes.dtype) + 0.5) / oh
-        xs = (x0 - 0.5)[:, None] + (x1 - x0 + 1)[:, None] * gx
-        ys = (y0 - 0.5)[:, None] + (y1 - y0 + 1)[:, None] * gy
-    nx = xs / max(w - 1, 1) * 2 - 1
-    ny = ys / max(h - 1, 1) * 2 - 1
-    grid = torch.stack([nx[:, None, :].expand(b, oh, ow), ny[:, :, None].expand(b, oh, ow)], -1)
-    return F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode="border", align_corners=True)
-
-
-def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``[B, h, w]`` -> ``[B, H, W]`` bilinear."""
-    return F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
-
-
-@torch.no_grad()
-def largest_component(mask: torch.Tensor) -> torch.Tensor:
-    """The largest 8-connected component of each binary map, batched on the device.
-
-    Every pixel takes the smallest raster index of its component by repeated 3 x 3 min-pooling inside the
-    mask; the most frequent label wins, ties going to the component that starts first in raster order
-    (what ``skimage.measure.label`` + the largest ``regionprops`` area gives).
-
-    Args:
-        mask: ``[B, H, W]`` booleans.
-
-    Returns:
-        ``[B, H, W]`` booleans: only the largest component (all False where the mask is empty).
-    """
-    b, h, w = mask.shape
-    big = float(h * w)
-    index = torch.arange(h * w, device=mask.device, dtype=torch.float32).view(1, h, w).expand(b, h, w)
-    labels = torch.where(mask, index, torch.full_like(index, big))
-    for it in range(h * w):
-        pooled = -F.max_pool2d(-labels[:, None], 3, stride=1, padding=1)[:, 0]
-        new = torch.where(mask, pooled, labels)
-        if it % 4 == 3 and torch.equal(new, labels):
-            break
-        labels = new
-    flat = labels.view(b, -1).long()
-    counts = torch.zeros(b, h * w + 1, device=mask.device).scatter_add_(1, flat, torch.ones_like(flat, dtype=torch.float32))
-    counts[:, -1] = 0  # the background label
-    best = counts.argmax(1)
-    return (labels == best.view(b, 1, 1).float()) & mask
-
-
-def mask_box(mask: torch.Tensor) -> torch.Tensor:
-    """Bounding box ``[B, 4]`` as ``(col0, row0, col1, row1)`` (inclusive) of each map's True cells; the whole
-    map where a map is empty."""
-    b, h, w = mask.shape
-    rows, cols = mask.any(2), mask.any(1)
-    ar_h = torch.arange(h, device=mask.device)
-    ar_w = torch.arange(w, device=mask.device)
-    r0 = torch.where(rows, ar_h, h).min(1).values
-    r1 = torch.where(rows, ar_h, -1).max(1).values
-    c0 = torch.where(cols, ar_w, w).min(1).values
-    c1 = torch.where(cols, ar_w, -1).max(1).values
-    empty = ~rows.any(1)
-    box = torch.stack([c0, r0, c1, r1], 1)
-    full = torch.tensor([0, 0, w - 1, h - 1], device=mask.device)
-    return torch.where(empty[:, None], full, box)

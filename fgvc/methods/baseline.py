@@ -15,7 +15,8 @@ from torch import nn
 
 from ..backbones import num_features, to_nchw
 from ..registry import register_method
-from .base import Explanation, Method, ModelSpec, class_activation_maps
+from .base import Explanation, Method, ModelSpec
+from .ops import class_activation_maps
 
 
 @register_method

@@ -11,8 +11,10 @@ Swin (and PIM a few CNNs); fgvc runs on any timm backbone with multi-stage featu
 One implementation, two registered methods (``herbs`` and ``pim``) whose defaults are the two official
 configurations:
 
-- Levels: the backbone's stage outputs (``stages``), as token sequences; per-level projections
-  ``Linear(C, C) -> ReLU -> Linear(C, fpn)``.
+- Levels: on Swin, the official layout (after each patch merging, then the last stage); on any other
+  backbone, the stages at strides 8, 16 and 32 (the official levels' strides), as token sequences, with
+  an FPN width chosen so that the pyramid costs at most ``fpn_budget`` times the backbone's forward. The
+  run log names the levels and the width. Per-level projections ``Linear(C, C) -> ReLU -> Linear(C, fpn)``.
 - Top-down pyramid (both): ``T4 = P4, T_i = resample(T_{i+1}) + P_i``; per-token classifiers on ``T_i``
   (``Linear -> BN -> ReLU -> Linear``).
 - Bottom-up path (HERBS): ``U1 = Q1, U_i = Q_i + resample(U_{i-1})`` with ``Q_i`` a second projection of
@@ -32,15 +34,14 @@ configurations:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones import feature_index, keep_stages_up_to, stage_features
+from ..backbones import StageFeatures, create_backbone, create_stage_backbone, feature_index, stage_at_stride
 from ..errors import ConfigError
 from ..registry import register_method
 from .base import Explanation, Method, ModelSpec, StepContext, StepOutput
@@ -131,64 +132,94 @@ class HERBS(Method):
     paper = ("Chou et al., Fine-grained Visual Classification with High-temperature Refinement and Background "
              "Suppression (HERBS), arXiv 2303.06442")
     code = "https://github.com/chou141253/FGVC-HERBS"
+    lr_hint = "the official HERBS and PIM recipes use train.lr=0.0005 (SGD, Nesterov) for backbone and new layers"
     backbones = "any timm model with multi-stage features (Swin, ResNet, ConvNeXt, EfficientNet, ViT); Swin-L at 384 in the paper"
 
     @dataclass
     class Config:
-        variant: Literal["herbs", "pim"] = "herbs"
-        stages: list[int] = field(default_factory=lambda: [-4, -3, -2, -1])
         # auto: "merged" on Swin-like backbones (the official layout), "stages" elsewhere
         levels: Literal["auto", "stages", "merged"] = "auto"
-        fpn_size: int = 1536
-        num_selects: list[int] = field(default_factory=lambda: [256, 128, 64, 32])
+        # auto: merged levels read stages -4..-1 (the official four); stage levels take the stages at strides 8,
+        # 16 and 32, the strides of the official Swin levels (finer stages cost more than the backbone)
+        stages: Union[Literal["auto"], list[int]] = "auto"
+        # auto: 1536 on merged Swin levels (official); elsewhere the widest multiple of 32 (at most 1536) whose
+        # pyramid costs at most fpn_budget times the backbone's forward FLOPs
+        fpn_size: Union[Literal["auto"], int] = "auto"
+        fpn_budget: float = 0.75
+        num_selects: list[int] = field(default_factory=lambda: [256, 128, 64, 32])  # per level; extra entries unused
         reference_tokens: list[int] = field(default_factory=lambda: [2304, 576, 144, 144])
         joint_divisor: int = 64
         # between levels; auto: "linear" (learned token maps, official Swin) with merged levels, else "bilinear"
         resample: Literal["auto", "bilinear", "linear"] = "auto"
-        lambda_layer: float = 0.3  # CE of the level classifiers (HERBS: bottom-up; PIM: top-down)
+        map_equal_levels: bool = True  # learned resampling also between levels of equal size (official HERBS)
+        bottom_up: bool = True  # HERBS's second, bottom-up path and its classifiers (PIM: false)
+        selector: Literal["predicted_class", "max_confidence"] = "predicted_class"  # HERBS / PIM ranking
+        lambda_layer: float = 0.3  # CE of the level classifiers (the bottom-up ones when there are)
         lambda_select: float = 0.0
         lambda_drop: float = 5.0
         lambda_comb: float = 1.0
-        lambda_refine: float = 1.375  # HERBS only
+        lambda_refine: float = 1.375  # needs bottom_up
         temperature: float = 64.0
         temperature_step: int = 10  # epochs between halvings
         combiner_dropout: float = 0.1
 
     @classmethod
     def check_backbone(cls, spec: ModelSpec) -> None:
-        cls.require_stage_features(spec)
+        cls.stages_of(spec)
 
     def __init__(self, spec: ModelSpec, cfg: "HERBS.Config"):
         super().__init__(spec, cfg)
-        n_levels = len(cfg.stages)
-        if not (len(cfg.num_selects) == len(cfg.reference_tokens) == n_levels):
-            raise ConfigError("method.stages, method.num_selects and method.reference_tokens need one entry per level")
-        backbone = self.make_backbone()
-        self.indices = [feature_index(backbone, s) for s in cfg.stages]
-        if cfg.levels == "auto":
-            cfg.levels = "merged" if swin_like(backbone) else "stages"
-        if cfg.resample == "auto":
-            cfg.resample = "linear" if cfg.levels == "merged" else "bilinear"
-        with torch.no_grad():  # shapes only: a meta-device pass costs no compute
-            probe = self.probe_backbone(spec)
-            meta = torch.empty(1, 3, spec.img_size, spec.img_size, device="meta")
-            probed = level_maps(probe, meta, self.indices, cfg.levels)
+        info = self.stages_of(spec)
+        probe = self.probe_backbone(spec)
+        self.levels = cfg.levels if cfg.levels != "auto" else ("merged" if swin_like(probe) else "stages")
+        if self.levels == "merged" and not swin_like(probe):
+            self.levels = "stages"
+            self.notes.append(f"method.levels=merged needs a Swin-like backbone; {spec.backbone} uses its stages")
+        if cfg.stages != "auto":
+            self.indices = [feature_index(info, s) for s in cfg.stages]
+        elif self.levels == "merged":
+            self.indices = [feature_index(info, s) for s in (-4, -3, -2, -1)]
+        else:
+            self.indices = sorted({stage_at_stride(info, r) for r in (8, 16, 32)})
+        n_levels = len(self.indices)
+        if len(cfg.num_selects) < n_levels or len(cfg.reference_tokens) < n_levels:
+            raise ConfigError(f"method.num_selects and method.reference_tokens need an entry for each of the "
+                              f"{n_levels} levels")
+        self.resample = cfg.resample if cfg.resample != "auto" else ("linear" if self.levels == "merged" else "bilinear")
+        backbone_indices = [max(self.indices)] if self.levels == "merged" else self.indices
+        with torch.no_grad(), torch.device("meta"):  # shapes only: a meta-device pass costs no compute
+            meta_backbone = create_stage_backbone(spec.backbone, backbone_indices, img_size=spec.img_size,
+                                                  **spec.backbone_args)
+            meta = torch.empty(1, 3, spec.img_size, spec.img_size)
+            probed = level_maps(meta_backbone, meta, self.indices, self.levels)
         shapes = [tuple(f.shape[-2:]) for f in probed]
-        channels = [f.shape[1] for f in probed]
-        keep_stages_up_to(backbone, self.indices)
-        self.backbone = backbone
+        channels = [int(f.shape[1]) for f in probed]
+        self.backbone = self.make_stage_backbone(backbone_indices)
         self.shapes = shapes
         tokens = [h * w for h, w in shapes]
         self.selects = [select_count(n, ref, t) for n, ref, t in zip(cfg.num_selects, cfg.reference_tokens, tokens)]
-        d, k = cfg.fpn_size, spec.num_classes
-        herbs = cfg.variant == "herbs"
+        k = spec.num_classes
+        if cfg.fpn_size != "auto":
+            d, why = int(cfg.fpn_size), "method.fpn_size"
+        elif self.levels == "merged":
+            d, why = 1536, "the official width"
+        else:
+            d = fpn_width(tokens, channels, k, cfg.bottom_up, backbone_flops(spec), cfg.fpn_budget)
+            why = f"the widest whose pyramid costs at most {cfg.fpn_budget:g}x the backbone's forward"
+        self.fpn_size = d
+        desc = ", ".join(f"{info[i]['module']} {h}x{w}x{c}" for i, (h, w), c in zip(self.indices, shapes, channels))
+        self.notes.append(f"{self.name} levels ({self.levels}): {desc}; FPN width {d} ({why}); keeps "
+                          f"{'/'.join(map(str, self.selects))} tokens; {self.resample} resampling between levels")
         self.proj = nn.ModuleList(_two_layer(c, d) for c in channels)
-        self.up = nn.ModuleList(Resample(shapes[i + 1], shapes[i], cfg.resample, herbs) for i in range(n_levels - 1))
+        self.up = nn.ModuleList(Resample(shapes[i + 1], shapes[i], self.resample, cfg.map_equal_levels)
+                                for i in range(n_levels - 1))
         self.cls_down = nn.ModuleList(TokenClassifier(d, k) for _ in range(n_levels))
-        if herbs:
+        if cfg.bottom_up:
             self.proj_up = nn.ModuleList(_two_layer(d, d) for _ in range(n_levels))
-            self.down = nn.ModuleList(Resample(shapes[i], shapes[i + 1], cfg.resample, True) for i in range(n_levels - 1))
+            self.down = nn.ModuleList(Resample(shapes[i], shapes[i + 1], self.resample, True) for i in range(n_levels - 1))
             self.cls_up = nn.ModuleList(TokenClassifier(d, k) for _ in range(n_levels))
+        elif cfg.lambda_refine:
+            raise ConfigError("method.lambda_refine needs method.bottom_up=true (it distills the bottom-up outputs)")
         self.combiner = GCNCombiner(sum(self.selects), d, k, cfg.joint_divisor, cfg.combiner_dropout)
         self.temperature = cfg.temperature
 
@@ -207,15 +238,15 @@ class HERBS(Method):
 
     def pyramid(self, images: torch.Tensor) -> dict[str, list[torch.Tensor]]:
         """Level features and per-token logits: ``down``/``up`` logits ``[B, S_i, K]`` and the features the
-        selector reads (HERBS: bottom-up ``U_i``; PIM: top-down ``T_i``)."""
-        maps = level_maps(self.backbone, images, self.indices, self.cfg.levels)
+        selector reads (bottom-up ``U_i`` with the bottom-up path, else top-down ``T_i``)."""
+        maps = level_maps(self.backbone, images, self.indices, self.levels)
         feats = [p(m.flatten(2).transpose(1, 2)) for p, m in zip(self.proj, maps)]  # P_i: [B, S_i, D]
         top = [None] * len(feats)
         top[-1] = feats[-1]
         for i in range(len(feats) - 2, -1, -1):
             top[i] = self.up[i](top[i + 1]) + feats[i]
         down = [c(t) for c, t in zip(self.cls_down, top)]
-        if self.cfg.variant == "pim":
+        if not self.cfg.bottom_up:
             return {"down": down, "up": down, "features": top}
         bottom = [q(t) for q, t in zip(self.proj_up, top)]
         for i in range(1, len(bottom)):
@@ -223,12 +254,12 @@ class HERBS(Method):
         up = [c(u) for c, u in zip(self.cls_up, bottom)]
         return {"down": down, "up": up, "features": bottom}
 
-    @torch.no_grad()
     def rank(self, logits: torch.Tensor) -> torch.Tensor:
-        """Token order ``[B, S]``, most selected first: HERBS by the probability of the image's predicted
-        class, PIM by the max-class confidence."""
+        """Token order ``[B, S]``, most selected first: by the probability of the image's predicted class
+        (HERBS), or by the max-class confidence (PIM). No gradient flows through the ranking."""
+        logits = logits.detach()
         probs = logits.float().softmax(-1)
-        if self.cfg.variant == "herbs":
+        if self.cfg.selector == "predicted_class":
             predicted = logits.float().mean(1).argmax(-1)
             score = probs.gather(2, predicted[:, None, None].expand(-1, probs.shape[1], 1))[..., 0]
         else:
@@ -254,8 +285,9 @@ class HERBS(Method):
         return {**out, **{f"sel_{k}": v for k, v in sel.items()}, "comb": comb}
 
     def combine_probabilities(self, out: dict[str, object]) -> torch.Tensor:
-        """The fixed inference rule: mean of the softmax of the level outputs (token-averaged) and the combiner."""
-        levels = list(out["up"]) + (list(out["down"]) if self.cfg.variant == "herbs" else [])
+        """The fixed inference rule: mean of the softmax of the level outputs (token-averaged) and the combiner
+        (HERBS: bottom-up and top-down levels; PIM: the one set of levels)."""
+        levels = list(out["up"]) + (list(out["down"]) if self.cfg.bottom_up else [])
         probs = [l.float().mean(1).softmax(-1) for l in levels] + [out["comb"].float().softmax(-1)]
         return torch.stack(probs).mean(0)
 
@@ -274,7 +306,7 @@ class HERBS(Method):
             sel = sum(ctx.criterion(s.flatten(0, 1), targets.repeat_interleave(s.shape[1])) for s in out["sel_selected"])
             loss = loss + c.lambda_select * sel
             logs["selected"] = sel.detach()
-        if c.variant == "herbs" and c.lambda_refine:
+        if c.lambda_refine:
             ref = sum(refinement_loss(d, u, self.temperature) for d, u in zip(out["down"], out["up"]))
             loss = loss + c.lambda_refine * ref
             logs["refinement"] = ref.detach()
@@ -290,7 +322,7 @@ class HERBS(Method):
         for i, (order, n, (h, w)) in enumerate(zip(out["sel_order"], self.selects, self.shapes)):
             picked = torch.zeros(order.shape, device=order.device)
             picked.scatter_(1, order[:, :n], 1.0)
-            maps[f"stage {i + 1}: {n} selected of {h * w}"] = picked.reshape(-1, h, w)
+            maps[f"level {i + 1}: {n} selected of {h * w}"] = picked.reshape(-1, h, w)
         return Explanation(logits=self.combine_probabilities(out).log(), maps=maps)
 
 
@@ -301,26 +333,26 @@ def swin_like(backbone: nn.Module) -> bool:
         all(hasattr(st, "downsample") for st in stages)
 
 
-def level_maps(backbone: nn.Module, images: torch.Tensor, indices: list[int], levels: str) -> list[torch.Tensor]:
-    """The pyramid's input maps (NCHW). ``stages``: the stage outputs (timm's ``forward_intermediates``).
-    ``merged``: for every stage but the last, the output of the next stage's downsampling layer (patch
-    merging), read with a forward hook: the layout of the old timm Swin the official code vendors
-    (Swin-L at 384: 48x48x384, 24x24x768, 12x12x1536, then the last stage's 12x12x1536)."""
+def level_maps(backbone: StageFeatures, images: torch.Tensor, indices: list[int], levels: str) -> list[torch.Tensor]:
+    """The pyramid's input maps (NCHW). ``stages``: the stage outputs. ``merged``: for every stage but the last,
+    the output of the next stage's downsampling layer (patch merging), read with a forward hook: the layout of
+    the old timm Swin the official code vendors (Swin-L at 384: 48x48x384, 24x24x768, 12x12x1536, then the last
+    stage's 12x12x1536). ``backbone`` returns the stages ``indices`` (``stages``) or the last one (``merged``)."""
     if levels == "stages":
-        return stage_features(backbone, images, indices)
-    stages = getattr(backbone, "layers", None) or getattr(backbone, "stages", None)
-    if stages is None or not all(hasattr(st, "downsample") for st in stages):
+        return backbone(images)
+    stages = getattr(backbone.model, "layers", None)
+    if backbone.via != "intermediates" or stages is None or not all(hasattr(st, "downsample") for st in stages):
         raise ConfigError("method.levels=merged needs a backbone whose stages start with a downsample layer (Swin)")
     captured: dict[int, torch.Tensor] = {}
     hooks = [stages[i + 1].downsample.register_forward_hook(lambda m, a, o, i=i: captured.__setitem__(i, o))
              for i in indices if i + 1 < len(stages)]
     try:
-        last = stage_features(backbone, images, [max(indices)])[0]
+        last = backbone(images)[-1]
     finally:
         for h in hooks:
             h.remove()
-    nhwc = getattr(backbone, "output_fmt", "NCHW") == "NHWC"
-    return [(captured[i].permute(0, 3, 1, 2) if nhwc else captured[i]) if i in captured else last for i in indices]
+    return [(captured[i].permute(0, 3, 1, 2) if backbone.nhwc else captured[i]) if i in captured else last
+            for i in indices]
 
 
 def select_count(wanted: int, reference: int, tokens: int) -> int:
@@ -328,6 +360,33 @@ def select_count(wanted: int, reference: int, tokens: int) -> int:
     proportionally when the level has fewer tokens (small inputs), and always leaving one token dropped."""
     n = wanted if tokens >= reference else max(1, round(wanted * tokens / reference))
     return max(1, min(n, tokens - 1)) if tokens > 1 else 1
+
+
+def backbone_flops(spec: ModelSpec) -> float:
+    """Forward FLOPs of the whole backbone for one image at ``spec.img_size``, counted on the meta device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), torch.device("meta"):
+        model = create_backbone(spec.backbone, img_size=spec.img_size, **spec.backbone_args)
+        with FlopCounterMode(display=False) as counter:
+            model(torch.empty(1, 3, spec.img_size, spec.img_size))
+    return float(counter.get_total_flops())
+
+
+def fpn_width(tokens: list[int], channels: list[int], num_classes: int, bottom_up: bool, budget_flops: float,
+              fraction: float, step: int = 32, widest: int = 1536) -> int:
+    """The widest FPN (a multiple of ``step``, at most ``widest``) whose per-token layers cost at most
+    ``fraction * budget_flops`` forward FLOPs per image: projections ``C^2 + C d``, classifiers ``d^2 + d K``
+    (twice, and the ``2 d^2`` bottom-up projection, with the bottom-up path)."""
+
+    def cost(d: int) -> float:
+        per_d = (4 if bottom_up else 1) * d * d + (2 if bottom_up else 1) * d * num_classes
+        return 2.0 * sum(n * (c * c + c * d + per_d) for n, c in zip(tokens, channels))
+
+    d = widest
+    while d > step and cost(d) > fraction * budget_flops:
+        d -= step
+    return d
 
 
 @register_method
@@ -340,8 +399,10 @@ class PIM(HERBS):
 
     @dataclass
     class Config(HERBS.Config):
-        variant: Literal["herbs", "pim"] = "pim"
         num_selects: list[int] = field(default_factory=lambda: [2048, 512, 128, 32])
         joint_divisor: int = 32
+        map_equal_levels: bool = False
+        bottom_up: bool = False
+        selector: Literal["predicted_class", "max_confidence"] = "max_confidence"
         lambda_layer: float = 0.5
         lambda_refine: float = 0.0

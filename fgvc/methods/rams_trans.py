@@ -27,7 +27,8 @@ from torch import nn
 from ..backbones import QKRecorder, create_backbone, vit_problem, vit_set_patch_stride, vit_tokens
 from ..errors import ConfigError
 from ..registry import register_method
-from .base import Explanation, Method, ModelSpec, StepContext, StepOutput, crop_and_zoom, largest_component, mask_box
+from .base import Explanation, Method, ModelSpec, StepContext, StepOutput
+from .ops import crop_and_zoom, largest_component, mask_box
 from .rollout import rollout_row
 
 
@@ -91,7 +92,6 @@ class RAMSTrans(Method):
             x = vit.blocks(x)
         return self.head(vit.norm(x)[:, 0]), rec
 
-    @torch.no_grad()
     def attention_map(self, rec: QKRecorder) -> torch.Tensor:
         """The DPPM's patch scores ``[B, rows, cols]``, divided by their maximum."""
         q = rec.q[0]
@@ -108,7 +108,6 @@ class RAMSTrans(Method):
         g = g / g.max(1, keepdim=True).values.clamp_min(torch.finfo(g.dtype).tiny)
         return g.reshape(b, *self.grid)
 
-    @torch.no_grad()
     def propose(self, scores: torch.Tensor) -> torch.Tensor:
         """Pixel boxes ``[B, 4]`` (x0, y0, x1, y1, inclusive) of the largest component above threshold."""
         mask = scores > self.cfg.alpha * scores.mean((1, 2), keepdim=True)

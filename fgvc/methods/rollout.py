@@ -5,7 +5,8 @@ token's row of the per-head product of raw attention; RAMS-Trans: of the head-av
 Multiplying the row vector through the layers costs O(N^2) per layer instead of the O(N^3) of the
 matrix product, and each ``v^T A_l`` is computed from the layer's queries and keys in chunks of rows, so
 no ``N x N`` matrix for all heads is ever held and the main forward keeps fused attention. Everything
-here runs without gradient. ``tests/test_method_transfg.py`` and ``tests/test_method_rams_trans.py``
+here runs on detached tensors, without gradient; no
+``no_grad`` region is used, so the forward that calls it exports and loads with ``torch.export``. ``tests/test_method_transfg.py`` and ``tests/test_method_rams_trans.py``
 compare it with the full matrix product of explicitly formed attention, in float64.
 """
 
@@ -16,7 +17,6 @@ from typing import Sequence
 import torch
 
 
-@torch.no_grad()
 def row_times_attention(v: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale: float,
                         chunk: int = 256) -> torch.Tensor:
     """``v^T softmax(q k^T * scale)`` per head, without forming the whole attention matrix.
@@ -31,6 +31,7 @@ def row_times_attention(v: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale
         ``[B, H, N]`` in float32 (float64 if the inputs are float64).
     """
     acc = torch.promote_types(q.dtype, torch.float32)
+    v, q, k = v.detach(), q.detach(), k.detach()
     out = torch.zeros(v.shape, dtype=acc, device=v.device)
     kt = k.transpose(-2, -1)
     for a in range(0, q.shape[2], chunk):
@@ -40,7 +41,6 @@ def row_times_attention(v: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale
     return out
 
 
-@torch.no_grad()
 def rollout_row(start: torch.Tensor, qs: Sequence[torch.Tensor], ks: Sequence[torch.Tensor], scale: float,
                 head_mean: bool = False, identity: float = 0.0, chunk: int = 256) -> torch.Tensor:
     """One row of the rollout ``v^T B_L ... B_1`` with ``B_l = (1 - identity) * A_l + identity * I``.

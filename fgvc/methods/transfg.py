@@ -108,7 +108,6 @@ class TransFG(Method):
             x = self.backbone.blocks(x)
         return x, rec.q, rec.k
 
-    @torch.no_grad()
     def rollout(self, qs: list[torch.Tensor], ks: list[torch.Tensor]) -> torch.Tensor:
         """Class-token row of ``A_{L-1} ... A_1`` per head: ``[B, H, 1 + N]``."""
         b, h, n, _ = qs[0].shape

@@ -6,7 +6,8 @@ Official code (TensorFlow): https://github.com/tau-yihouxiang/WS_DAN, read at 19
 PyTorch port: https://github.com/GuYuc/WS-DAN.PyTorch (third party), read at 8777912.
 
 - Features: one stage of any timm backbone (Inception-V3 ``Mixed_6e`` in the paper: 26 x 26 at 448);
-  the layers after it are pruned away.
+  the layers after it are pruned away. ``feature_layer: auto`` (and a layer name the backbone does not
+  have, such as ``Mixed_6e`` on a ResNet) takes the stage at stride 16, where ``Mixed_6e`` sits.
 - Attention maps: M = 32, from a new 1x1 conv + BN + ReLU (default, as the PyTorch port), or the first M
   channels of a pretrained backbone layer applied to the features (the official TensorFlow design:
   ``Mixed_7a``'s first 1x1 branch), or of the features themselves (the official Stanford Dogs setting).
@@ -33,10 +34,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones import feature_channels, feature_index, keep_stages_up_to
+from ..backbones import feature_index, stage_at_stride, stage_info
 from ..errors import ConfigError
 from ..registry import register_method
-from .base import Explanation, Method, ModelSpec, StepContext, StepOutput, crop_and_zoom, mask_box, upsample_maps
+from .base import Explanation, Method, ModelSpec, StepContext, StepOutput
+from .ops import crop_and_zoom, mask_box, upsample_maps
 
 
 def bilinear_attention_pooling(features: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
@@ -70,11 +72,14 @@ class WSDAN(Method):
     name = "wsdan"
     paper = "Hu et al., See Better Before Looking Closer: Weakly Supervised Data Augmentation Network, arXiv 1901.09891"
     code = "https://github.com/tau-yihouxiang/WS_DAN (TensorFlow); PyTorch port: https://github.com/GuYuc/WS-DAN.PyTorch"
+    lr_hint = ("WS-DAN's classifier sees 100x its normalized feature, so its head moves 10^4 times faster than the "
+               "learning rate suggests; its recipes use train.lr=0.001 with train.head_lr_scale=1")
     backbones = "any timm model with multi-stage features (CNNs, Swin, ConvNeXt, ViT); Inception-V3 Mixed_6e in the paper"
 
     @dataclass
     class Config:
-        feature_layer: Union[int, str] = -2  # a stage index or name (Mixed_6e, Mixed_7c, layer3, ...)
+        # a stage index or name (Mixed_6e, layer3, ...); auto: the stage at stride 16 (Mixed_6e's)
+        feature_layer: Union[int, str] = "auto"
         num_maps: int = 32
         attention: Literal["conv", "layer", "features"] = "conv"
         attention_layer: str = "Mixed_7a.branch3x3_1"  # with attention=layer: a pretrained module on the features
@@ -90,19 +95,21 @@ class WSDAN(Method):
 
     @classmethod
     def check_backbone(cls, spec: ModelSpec) -> None:
-        cls.require_stage_features(spec)
+        cls.stages_of(spec)
 
     def __init__(self, spec: ModelSpec, cfg: "WSDAN.Config"):
         super().__init__(spec, cfg)
-        backbone = self.make_backbone()
-        self.index = feature_index(backbone, cfg.feature_layer)
-        channels = feature_channels(backbone, [self.index])[0]
+        info = self.stages_of(spec)
+        self.index = choose_feature_stage(info, cfg.feature_layer, spec.backbone, self.notes)
+        channels = int(info[self.index]["num_chs"])
         m = cfg.num_maps
         if cfg.attention == "layer":
+            full = self.make_backbone()  # the attention layer is a pretrained module beyond the feature stage
             try:
-                layer = copy.deepcopy(backbone.get_submodule(cfg.attention_layer))
+                layer = copy.deepcopy(full.get_submodule(cfg.attention_layer))
             except AttributeError:
                 raise ConfigError(f"method.attention_layer: {spec.backbone} has no module '{cfg.attention_layer}'") from None
+            del full
             self.attention = layer  # pretrained: trained at the backbone's LR
         elif cfg.attention == "conv":
             self.attention = nn.Sequential(nn.Conv2d(channels, m, 1, bias=False), nn.BatchNorm2d(m, eps=1e-3),
@@ -111,8 +118,7 @@ class WSDAN(Method):
             self.attention = nn.Identity()
             if channels < m:
                 raise ConfigError(f"method.num_maps={m} exceeds the {channels} feature channels")
-        keep_stages_up_to(backbone, [self.index])
-        self.backbone = backbone
+        self.backbone = self.make_stage_backbone([self.index])
         self.fc = nn.Linear(m * channels, spec.num_classes)
         self.register_buffer("centers", torch.zeros(spec.num_classes, m * channels))
 
@@ -123,8 +129,7 @@ class WSDAN(Method):
 
     def maps_and_embedding(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Feature map ``[B, C, h, w]``, attention maps ``[B, M, h, w]`` and the BAP embedding ``[B, M * C]``."""
-        feats = self.backbone.forward_intermediates(images, indices=[self.index], intermediates_only=True,
-                                                    stop_early=True)[0]
+        feats = self.backbone(images)[0]
         att = self.attention(feats)[:, : self.cfg.num_maps]
         return feats, att, bilinear_attention_pooling(feats, att)
 
@@ -134,7 +139,7 @@ class WSDAN(Method):
     def refine_boxes(self, att: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """The test-time crop: around the mean attention map."""
         mean = upsample_maps(att.mean(1), size)
-        theta = torch.full((len(att),), self.cfg.refine_theta, device=att.device)
+        theta = att.new_full((att.shape[0],), self.cfg.refine_theta, dtype=torch.float32)
         return boxes_from_maps(mean, theta, self.cfg.refine_padding)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -155,14 +160,14 @@ class WSDAN(Method):
         weight = att.float().mean((2, 3)).clamp_min(0).sqrt()
         weight = torch.where(weight.sum(1, keepdim=True) > 0, weight, torch.ones_like(weight))
         k = torch.multinomial(weight, 1, generator=generator)[:, 0]
-        picked = att[torch.arange(len(att), device=att.device), k]
+        picked = att[torch.arange(att.shape[0], device=att.device), k]
         return upsample_maps(picked, size)
 
     @torch.no_grad()
     def augment(self, images: torch.Tensor, att: torch.Tensor,
                 generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Attention cropping and dropping, batched. Returns the crops, the dropped images and the boxes/masks."""
-        b, size, dev = len(images), images.shape[-2:], images.device
+        b, size, dev = images.shape[0], images.shape[-2:], images.device
 
         def uniform(lo_hi):
             return lo_hi[0] + (lo_hi[1] - lo_hi[0]) * torch.rand(b, device=dev, generator=generator)
@@ -212,10 +217,29 @@ class WSDAN(Method):
         _, _, aug = self.augment(images, att, generator=fixed)
         strongest = att.float().mean((2, 3)).argmax(1)
         maps = {"mean attention": upsample_maps(att.mean(1), size),
-                "strongest map": upsample_maps(att[torch.arange(len(att)), strongest], size),
+                "strongest map": upsample_maps(att[torch.arange(att.shape[0], device=att.device), strongest], size),
                 "dropped (one draw)": (~aug["keep"]).float()}
         boxes = {"test-time crop": self.refine_boxes(att, size), "training crop (one draw)": aug["boxes"]}
         return Explanation(logits=self.forward(images), maps=maps, boxes=boxes)
+
+
+def choose_feature_stage(info: list[dict], layer: Union[int, str], backbone: str, notes: list[str]) -> int:
+    """The stage WS-DAN reads: ``layer`` where this backbone has it; for ``auto``, or a layer name of another
+    family (``Mixed_6e`` on a ResNet), the stage at the same stride (the name's stride in Inception-V3, the
+    paper's backbone; 16 for ``auto``). The choice is added to ``notes``."""
+    names = [f["module"] for f in info]
+    paper = {f["module"]: f["reduction"] for f in stage_info("inception_v3")}
+    if layer == "auto" or (isinstance(layer, str) and layer not in names and layer in paper):
+        stride = paper.get(layer, 16)
+        index = stage_at_stride(info, stride)
+        why = (f"auto: the stage at stride {stride}, as the paper's Mixed_6e" if layer == "auto" else
+               f"method.feature_layer '{layer}' is not a stage of {backbone}; the stage at its stride ({stride}) "
+               "instead")
+    else:
+        index, why = feature_index(info, layer), f"method.feature_layer={layer}"
+    f = info[index]
+    notes.append(f"wsdan features: {f['module']} (stride {f['reduction']}, {f['num_chs']} channels; {why})")
+    return index
 
 
 def _all_gather(t: torch.Tensor) -> torch.Tensor:

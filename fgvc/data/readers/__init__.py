@@ -1,88 +1,10 @@
-"""Dataset readers: one module per official format, all returning a :class:`DatasetIndex`.
+"""Dataset readers: one module per official format, all returning a :class:`~fgvc.data.records.DatasetIndex`.
 
-``open_dataset(name, root, **options)`` is the single entry point. A reader is a function
-``read(root: Path, **options) -> DatasetIndex`` registered under one or more names; its keyword options
-(typed) come from ``data.options`` in the config and are checked before it runs.
+Importing this package registers the built-in readers (:mod:`.registry` holds the registry and
+``open_dataset``, the single entry point).
 """
 
-from __future__ import annotations
-
-import inspect
-import typing
-from pathlib import Path
-from typing import Any, Callable
-
-from ...config import _convert
-from ...errors import ConfigError, DataError
-from ..records import DatasetIndex
-
-_READERS: dict[str, Callable[..., DatasetIndex]] = {}
-_DESCRIPTIONS: dict[str, str] = {}
-
-
-def register_reader(*names: str, description: str = ""):
-    """Registers a reader function under ``names``; a name used twice is an error."""
-
-    def wrap(fn):
-        for n in names:
-            if n in _READERS:
-                raise ValueError(f"dataset reader '{n}' is registered twice")
-            _READERS[n] = fn
-            _DESCRIPTIONS[n] = description
-        return fn
-
-    return wrap
-
-
-def list_datasets() -> dict[str, str]:
-    """Reader names and a one-line description of the format each reads."""
-    return dict(sorted(_DESCRIPTIONS.items()))
-
-
-def _check_options(name: str, fn: Callable, options: dict[str, Any]) -> dict[str, Any]:
-    sig = inspect.signature(fn)
-    hints = typing.get_type_hints(fn)
-    accepted = [p for p in sig.parameters if p != "root"]
-    out = {}
-    for key, value in options.items():
-        if key not in accepted:
-            raise ConfigError(f"unknown config key 'data.options.{key}' for dataset '{name}' "
-                              f"(it takes: {', '.join(accepted) or 'no options'})")
-        out[key] = _convert(value, hints.get(key, Any), f"data.options.{key}")
-    return out
-
-
-def open_dataset(name: str, root: str | Path | None, **options: Any) -> DatasetIndex:
-    """Reads a dataset's annotation files and returns its records.
-
-    Args:
-        name: A registered reader name (``fgvc data list`` / :func:`list_datasets`).
-        root: The folder the official archive unpacked into (or its parent).
-        **options: Reader-specific options (``level="family"`` for FGVC-Aircraft, ...).
-
-    Raises:
-        ConfigError: For an unknown reader or option.
-        DataError: For a missing root, a missing or malformed file, or an inconsistent annotation.
-    """
-    if name not in _READERS:
-        raise ConfigError(f"unknown dataset '{name}'; available: {', '.join(sorted(_READERS))}")
-    fn = _READERS[name]
-    opts = _check_options(name, fn, options)
-    if root is None or str(root) == "":
-        raise DataError(f"dataset '{name}' needs a root folder: pass data.root=DIR (or --data-root DIR)")
-    root = Path(root).expanduser()
-    if not root.exists():
-        raise DataError(f"dataset root not found: {root}")
-    index = fn(root, **opts)
-    if not index.records:
-        raise DataError(f"{root}: no images found for dataset '{name}'")
-    for r in index.records:
-        if not 0 <= r.label < index.num_classes:  # a reader bug, not a user fault, but never train on it
-            raise DataError(f"{r.path}: label {r.label} out of range 0..{index.num_classes - 1}")
-    return index
-
-
-# Importing the modules registers the readers.
-from . import aircraft, cars, cub, dogs, flowers, folder, inat, pets  # noqa: E402,F401
+from . import aircraft, cars, cub, dogs, flowers, folder, inat, pets  # noqa: F401  (registers them)
+from .registry import DataError, list_datasets, open_dataset, register_reader
 
 __all__ = ["open_dataset", "register_reader", "list_datasets", "DataError"]

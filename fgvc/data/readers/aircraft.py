@@ -13,7 +13,7 @@ from typing import Literal
 
 from ...errors import DataError
 from ..records import DatasetIndex, Record
-from . import register_reader
+from .registry import register_reader
 from ._text import check_files_exist, find_root, parse, read_rows, require
 
 _NAMES_FILE = {"variant": "variants.txt", "family": "families.txt", "manufacturer": "manufacturers.txt"}

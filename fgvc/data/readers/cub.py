@@ -16,7 +16,7 @@ import numpy as np
 
 from ...errors import DataError
 from ..records import DatasetIndex, Record, contiguous_labels
-from . import register_reader
+from .registry import register_reader
 from ._text import check_files_exist, check_same_ids, find_root, parse, read_id_map, read_rows, require
 
 

@@ -13,7 +13,7 @@ from typing import Optional
 
 from ...errors import DataError
 from ..records import DatasetIndex, Record
-from . import register_reader
+from .registry import register_reader
 from ._text import check_files_exist, find_root, load_mat
 
 

@@ -14,7 +14,7 @@ from typing import Optional
 
 from ...errors import DataError
 from ..records import DatasetIndex, Record, stratified_split
-from . import register_reader
+from .registry import register_reader
 from ._text import check_files_exist
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}

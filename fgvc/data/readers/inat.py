@@ -15,7 +15,7 @@ from typing import Literal, Optional
 
 from ...errors import DataError
 from ..records import DatasetIndex, Record
-from . import register_reader
+from .registry import register_reader
 from ._text import check_files_exist, require
 
 _FILES = {"2017": ("train2017.json", "val2017.json"), "2018": ("train2018.json", "val2018.json"),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ...errors import DataError
 from ..records import DatasetIndex, Record
-from . import register_reader
+from .registry import register_reader
 from ._text import check_files_exist, find_root, parse, read_rows
 from .dogs import read_voc_boxes
 

@@ -1,0 +1,77 @@
+"""Is the run learning? A check at the end of each epoch, so a run that cannot learn says so at once instead
+of training to the end in silence.
+
+After the first epoch the mean training loss of its last steps is compared with that of its first steps:
+clearly higher (by half, and above ``log K``) with a training accuracy near chance means the run diverged
+and stops (``train.learning_check=stop``) or warns (``warn``); not lower means it warns. From the second
+epoch on, a training accuracy near chance warns. Every message names the likely cause: the learning rate
+for the method (with the method's own advice), or a frozen or mis-scaled head.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Optional
+
+import torch
+
+from ..errors import TrainingError
+from .distributed import DistInfo, all_reduce_sum
+
+
+class LearningCheck:
+    """Tracks the first and last steps' loss and accuracy of each epoch; :meth:`end_of_epoch` judges them.
+
+    Args:
+        num_classes: K (chance is 1/K).
+        policy: ``stop``, ``warn`` or ``ignore``.
+        lr_text: How the run's learning rate reads in a message (``train.lr=0.02, new layers x10``).
+        hint: The method's advice on learning rates ('' when it has none).
+        steps_per_epoch: Optimizer steps in an epoch (sets how many steps count as 'first' and 'last').
+    """
+
+    def __init__(self, num_classes: int, policy: str, lr_text: str, hint: str, steps_per_epoch: int):
+        self.k, self.policy, self.lr_text, self.hint = num_classes, policy, lr_text, hint
+        self.n = max(1, min(10, steps_per_epoch // 4))
+        self.first: list[torch.Tensor] = []
+        self.last: deque = deque(maxlen=self.n)
+        self.warned: set[str] = set()
+
+    def start_epoch(self) -> None:
+        self.first, self.last = [], deque(maxlen=self.n)
+
+    def add(self, loss: torch.Tensor, accuracy: Optional[torch.Tensor]) -> None:
+        """One optimizer step's loss and training accuracy (tensors; no synchronization here)."""
+        acc = accuracy if accuracy is not None else torch.full_like(loss, float("nan"))
+        pair = torch.stack([loss.detach().float(), acc.detach().float()])
+        if len(self.first) < self.n:
+            self.first.append(pair)
+        self.last.append(pair)
+
+    def end_of_epoch(self, epoch: int, info: DistInfo) -> Optional[str]:
+        """Judges the epoch that just ended (``epoch`` counts from 1); returns a warning, raises to stop.
+
+        A collective on every rank, so that all ranks reach the same verdict."""
+        if self.policy == "ignore" or not self.first or not self.last:
+            return None
+        vec = torch.cat([torch.stack(self.first).mean(0), torch.stack(list(self.last)).mean(0)]).to(info.device)
+        first_loss, _, last_loss, acc = (all_reduce_sum(vec, info) / info.world_size).tolist()
+        chance = 100.0 / self.k
+        near_chance = not math.isnan(acc) and acc <= 1.5 * chance
+        cause = (f"likely cause: the learning rate ({self.lr_text}) is too high for this method"
+                 + (f"; {self.hint}" if self.hint else ""))
+        message = None
+        if epoch == 1 and last_loss > 1.5 * first_loss and last_loss > math.log(self.k) and near_chance:
+            message = (f"the training loss rose from {first_loss:.3g} to {last_loss:.3g} in the first epoch and the "
+                       f"training accuracy is {acc:.1f}% (chance {chance:.1f}%): the run is not learning; {cause}")
+            if self.policy == "stop":
+                raise TrainingError(message + " (train.learning_check=warn trains on anyway)")
+        elif epoch == 1 and last_loss >= first_loss:
+            message = (f"the training loss has not fallen in the first epoch ({first_loss:.3g} -> {last_loss:.3g}); "
+                       f"{cause}, or too low for the head to move (check train.lr and train.head_lr_scale)")
+        elif epoch >= 2 and near_chance and "chance" not in self.warned:
+            self.warned.add("chance")
+            message = (f"after {epoch} epochs the training accuracy is {acc:.1f}%, near chance ({chance:.1f}%); "
+                       f"{cause}, or the head does not train (train.head_lr_scale)")
+        return message
