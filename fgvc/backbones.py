@@ -62,6 +62,8 @@ def create_backbone(name: str, *, pretrained: bool = False, pretrained_file: Opt
     kw: dict[str, Any] = dict(kwargs)
     if drop_path_rate:
         kw["drop_path_rate"] = drop_path_rate
+    if pretrained and not pretrained_file:
+        pretrained_file = cached_hub_weights(name)  # None: timm downloads them (a connection was seen)
     if pretrained_file:
         path = Path(pretrained_file).expanduser()
         if not path.is_file():
@@ -99,6 +101,72 @@ def create_backbone(name: str, *, pretrained: bool = False, pretrained_file: Opt
                             f"{str(e)[:200]} (offline? pass model.pretrained_file=PATH)") from None
         raise
     return model
+
+
+def _reachable(url: str, seconds: float = 4.0) -> bool:
+    """Whether a TCP connection to ``url``'s host opens within ``seconds`` (name lookup included)."""
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    result = [False]
+
+    def probe() -> None:
+        try:
+            socket.create_connection((u.hostname, u.port or (443 if u.scheme == "https" else 80)), timeout=seconds).close()
+            result[0] = True
+        except OSError:
+            pass
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(seconds)
+    return result[0]
+
+
+def cached_hub_weights(name: str) -> Optional[str]:
+    """The local copy of a timm model's pretrained weights when timm's caches hold it; None when they must be
+    downloaded and the hub answers.
+
+    timm fetches weights from the Hugging Face hub (cached in ``~/.cache/huggingface/hub``) or, for a few,
+    from a URL (cached in torch's hub folder). A cached file is used directly, so no request is made. With no
+    cached file and no connection, this fails at once with one line instead of timm's retries.
+
+    Raises:
+        FgvcError: Not cached and the hub cannot be reached (or ``HF_HUB_OFFLINE`` is set).
+    """
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    if cfg is None:
+        return None
+    hub_id, url = getattr(cfg, "hf_hub_id", None), getattr(cfg, "url", None)
+    source = None
+    if hub_id:
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        repo, _, revision = hub_id.partition("@")
+        names = [cfg.hf_hub_filename] if getattr(cfg, "hf_hub_filename", None) else ["model.safetensors",
+                                                                                      "pytorch_model.bin"]
+        for filename in names:
+            found = try_to_load_from_cache(repo, filename, cache_dir=constants.HF_HUB_CACHE, revision=revision or None)
+            if isinstance(found, str):
+                return found
+        source, endpoint = f"the Hugging Face hub ({repo})", constants.ENDPOINT
+        offline = constants.HF_HUB_OFFLINE
+    elif url:
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+        if cached.is_file():
+            return str(cached)
+        source, endpoint, offline = url, url, False
+    else:
+        return None
+    if offline or not _reachable(endpoint):
+        raise FgvcError(f"cannot download the pretrained weights of {name} from {source}: "
+                        f"{'HF_HUB_OFFLINE is set' if offline else 'no connection'}; download them once where there is "
+                        "a network (timm caches them), or pass model.pretrained_file=PATH (a local weight file)")
+    return None
 
 
 class _Capture(logging.Handler):

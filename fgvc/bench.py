@@ -128,7 +128,8 @@ def loader_throughput(img_size: int, batch: int, workers: int, images: int = 256
 
 def measure(s: BenchSetting, steps: int = 20, warmup: int = 5, device: str = "auto", amp: str = "auto",
             channels_last: bool = False, compile: bool = False, num_classes: int = 200,
-            infer_batch: Optional[int] = None, profile: Optional[Path] = None) -> dict[str, Any]:
+            infer_batch: Optional[int] = None, profile: Optional[Path] = None,
+            compile_options: Optional[dict] = None) -> dict[str, Any]:
     """Training and inference figures of one setting (see the module docstring)."""
     dev = resolve_device(device)
     dtype = amp_dtype(amp, dev)
@@ -139,7 +140,7 @@ def measure(s: BenchSetting, steps: int = 20, warmup: int = 5, device: str = "au
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     criterion = build_criterion("ce")
-    step = wrap_step(model, compile=compile)
+    step = wrap_step(model, compile=compile, compile_options=compile_options)
     params = [p for p in model.parameters() if p.requires_grad]
     x = torch.randn(s.batch, 3, s.img_size, s.img_size, device=dev)
     if channels_last:
@@ -178,7 +179,7 @@ def measure(s: BenchSetting, steps: int = 20, warmup: int = 5, device: str = "au
     xi = torch.randn(ib, 3, s.img_size, s.img_size, device=dev)
     if channels_last:
         xi = xi.contiguous(memory_format=torch.channels_last)
-    fwd = torch.compile(model) if compile else model
+    fwd = torch.compile(model, **(compile_options or {})) if compile else model
     with torch.no_grad(), autocast(dev, dtype):
         for _ in range(max(2, warmup // 2)):
             fwd(xi)
@@ -194,7 +195,8 @@ def measure(s: BenchSetting, steps: int = 20, warmup: int = 5, device: str = "au
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.processor() or 'cpu'}, "
                                                                              f"{torch.get_num_threads()} threads)",
         "precision": str(dtype).replace("torch.", "") if dtype else "float32", "channels_last": channels_last,
-        "compile": compile, "first_step_s": first_step_s, "train_img_per_s": s.batch * steps / train_time,
+        "compile": compile, "compile_options": compile_options or {}, "first_step_s": first_step_s,
+        "train_img_per_s": s.batch * steps / train_time,
         "step_ms": 1000 * train_time / steps, "infer_batch": ib, "infer_img_per_s": ib * n_inf / infer_time,
         "peak_mem_gib": peak, "peak_mem_kind": "cuda max_memory_allocated" if dev.type == "cuda" else "process max RSS",
         "last_loss": float(losses[-1]), "date": date.today().isoformat(), "torch": torch.__version__,
@@ -222,17 +224,23 @@ def bench(method: str, backbone: Optional[str] = None, img_size: Optional[int] =
           compile: bool = False, num_classes: int = 200, infer_batch: Optional[int] = None,
           loader_workers: Optional[int] = None, method_options: Optional[dict[str, Any]] = None,
           backbone_args: Optional[dict[str, Any]] = None, plain: bool = False,
-          profile: Optional[Path] = None) -> dict[str, Any]:
+          profile: Optional[Path] = None, compile_options: Optional[dict] = None,
+          plain_cache: Optional[dict] = None) -> dict[str, Any]:
     """Measures one method (and, with ``plain``, the plain backbone step beside it); returns the figures."""
     s = recipe_setting(method, backbone, img_size, batch, method_options, backbone_args)
     common = dict(steps=steps, warmup=warmup, device=device, amp=amp, channels_last=channels_last,
                   num_classes=num_classes, infer_batch=infer_batch)
     base = None
     if plain:
-        base = measure(plain_setting(s), **common, compile=False)
+        ps = plain_setting(s)
+        key = (ps.backbone, ps.img_size, ps.batch, channels_last, amp, device)
+        cache = plain_cache if plain_cache is not None else {}
+        if key not in cache:  # the plain eager step, measured once per setting
+            cache[key] = measure(ps, **common, compile=False)
+        base = cache[key]
         if resolve_device(device).type == "cuda":
             torch.cuda.empty_cache()
-    r = measure(s, **common, compile=compile, profile=profile)
+    r = measure(s, **common, compile=compile, profile=profile, compile_options=compile_options)
     if base is not None:
         r["plain"] = {k: base[k] for k in ("method", "img_size", "train_img_per_s", "step_ms", "infer_img_per_s",
                                            "peak_mem_gib")}

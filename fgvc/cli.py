@@ -277,6 +277,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_data(args: argparse.Namespace) -> int:
+    from .benchdata import main as bench_data
+
+    rows = bench_data(args.sets, args.data, args.out, args.mode, args.epochs, args.parallel, args.device,
+                      only=args.run)
+    print((Path(args.out) / "table.md").read_text())
+    return 0 if all("top1" in r for r in rows) else 1
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from .recipes import list_recipes
     from .registry import get_method, list_methods
@@ -334,7 +343,11 @@ class _Help(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if "default" in text or action.default in (None, argparse.SUPPRESS, False) or not action.option_strings:
+        if "default" in text or not action.option_strings or action.default is argparse.SUPPRESS:
+            return text
+        if action.required:
+            return f"{text} (required)"
+        if action.default is None or action.default is False:
             return text
         return f"{text} (default: {action.default})"
 
@@ -355,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "Train a model. Arguments: a recipe name (transfg/cub; fgvc methods lists them) or a CONFIG.yaml, "
                 "then key=value settings (train.lr=0.01 data.root=/data/CUB_200_2011 method.slide_step=16).")
     t.add_argument("items", nargs="*", metavar="RECIPE | CONFIG.yaml | key=value")
-    t.add_argument("--method", help="method name (fgvc methods); with --dataset, trains the recipe METHOD/DATASET")
+    t.add_argument("--method", help="method name (fgvc methods); with --dataset, trains the recipe METHOD/DATASET; "
+                   "default: the recipe's")
     t.add_argument("--dataset", help="dataset reader (fgvc data list); default: the recipe's")
     t.add_argument("--data-root", help="dataset folder (data.root); default: the recipe's")
     t.add_argument("--backbone", help="timm model name (model.backbone); default: the recipe's")
@@ -471,8 +485,26 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--loader-workers", type=int, help="loader workers; default: min(16, cores); -1 skips the loader")
     b.add_argument("--profile", action="store_true", help="write a torch.profiler trace and op table into --out")
     b.add_argument("--json", action="store_true", help="print JSON")
-    b.add_argument("--out", help="folder: appends the figures to OUT/bench.jsonl (and profiles to OUT/profile)")
+    b.add_argument("--out", help="folder: appends the figures to OUT/bench.jsonl (and profiles to OUT/profile); "
+                   "default: none (print only)")
     b.set_defaults(fn=cmd_bench)
+
+    bd = command("bench-data", "the real-data benchmark: 17 Flowers with ImageNet Lite0 and ViT-Tiny (shared data)",
+                 "Train the methods' flowers17 recipes on the project's shared real data and write a table "
+                 "(OUT/table.md, OUT/results.jsonl). A rerun skips the runs already in results.jsonl.")
+    bd.add_argument("sets", nargs="*", default=["cnn"], choices=["cnn", "vit", "ablations"], metavar="SET",
+                    help="cnn (baseline, dbgce, wsdan, pim, herbs on Lite0), vit (ViT-Tiny, TransFG, RAMS-Trans), "
+                    "ablations (ViT methods, one difference at a time); default: cnn")
+    bd.add_argument("--run", action="append", help="only this run (repeatable; see fgvc/benchdata.py); default: the "
+                    "SETs' runs")
+    bd.add_argument("--data", help="folder with flowers17/ and the weight files; default: ../shared/data")
+    bd.add_argument("--mode", default="cpu", choices=["cpu", "gpu"],
+                    help="cpu: 160/224 px, short budgets; gpu: 448 px, the recipes' budgets")
+    bd.add_argument("--epochs", type=int, help="epochs of every run; default: the mode's")
+    bd.add_argument("--parallel", type=int, default=1, help="runs at once (on one GPU, several fit)")
+    bd.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    bd.add_argument("--out", default="runs/bench-data", help="folder for the runs and the table")
+    bd.set_defaults(fn=cmd_bench_data)
 
     m = command("methods", "the methods, their papers, the backbones they accept and their recipes")
     m.set_defaults(fn=cmd_methods)

@@ -75,6 +75,9 @@ class ModelConfig:
     pretrained_file: Optional[str] = None  # a local weight file: timm checkpoint, safetensors or Google .npz
     backbone_args: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model keyword args
     drop_path_rate: float = 0.0
+    # the new classifier of baseline, TransFG and RAMS-Trans: PyTorch's Linear default, or as timm initializes a
+    # new ViT head (truncated normal, std 0.02, zero bias)
+    head_init: Literal["torch", "trunc_normal"] = "torch"
 
 
 @dataclass
@@ -99,7 +102,8 @@ class TrainConfig:
     clip_grad: Optional[float] = None  # global L2 norm
     amp: Literal["auto", "none", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, none on CPU
     channels_last: bool = False
-    compile: bool = False
+    compile: bool = False  # torch.compile the training step (forward and loss; backward through AOTAutograd)
+    compile_options: dict[str, Any] = field(default_factory=dict)  # torch.compile keywords: mode, backend, ...
     ema_decay: float = 0.0  # 0 disables the EMA of the weights
     loss: Literal["ce", "smoothing", "gce"] = "ce"
     label_smoothing: float = 0.1

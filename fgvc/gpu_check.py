@@ -200,9 +200,10 @@ def benchmarks(device: str, tiny: bool, out: Path, log: Callable) -> list[dict[s
 
     rows = []
     loader: dict[int, float] = {}
+    plain_cache: dict = {}  # HERBS and PIM share their plain Swin-L step
     for method, extra in HEADLINE.items():
         kw: dict[str, Any] = dict(steps=2 if tiny else 10, warmup=1 if tiny else 3, device=device, plain=True,
-                                  loader_workers=-1, **extra)
+                                  loader_workers=-1, plain_cache=plain_cache, **extra)
         if tiny:
             from .config import read_yaml
             from .recipes import RECIPES

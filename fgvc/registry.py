@@ -67,7 +67,7 @@ def method_config(name: str, options: Optional[dict[str, Any]] = None) -> Any:
 
 def create_model(method: str, *, backbone: str, num_classes: int, img_size: int = 224, pretrained: bool = False,
                  pretrained_file: Optional[str] = None, backbone_args: Optional[dict[str, Any]] = None,
-                 drop_path_rate: float = 0.0, **options: Any) -> "Method":
+                 drop_path_rate: float = 0.0, head_init: str = "torch", **options: Any) -> "Method":
     """Builds a method around a timm backbone.
 
     Args:
@@ -79,6 +79,7 @@ def create_model(method: str, *, backbone: str, num_classes: int, img_size: int 
         pretrained_file: Or from this local file (timm checkpoint, safetensors, Google ``.npz``).
         backbone_args: Extra keyword arguments for ``timm.create_model``.
         drop_path_rate: Stochastic depth of the backbone.
+        head_init: Initialization of a new linear head (``torch`` or ``trunc_normal``).
         **options: The method's own options (fields of its ``Config``).
 
     Returns:
@@ -92,7 +93,7 @@ def create_model(method: str, *, backbone: str, num_classes: int, img_size: int 
     cfg = method_config(method, options)
     spec = ModelSpec(backbone=backbone, num_classes=num_classes, img_size=img_size, pretrained=pretrained,
                      pretrained_file=pretrained_file, backbone_args=dict(backbone_args or {}),
-                     drop_path_rate=drop_path_rate)
+                     drop_path_rate=drop_path_rate, head_init=head_init)
     cls.check_backbone(spec)
     return cls(spec, cfg)
 
@@ -117,4 +118,4 @@ def create_model_from_config(cfg: RunConfig, num_classes: int) -> "Method":
     return create_model(cfg.model.method, backbone=cfg.model.backbone, num_classes=num_classes,
                         img_size=cfg.data.img_size, pretrained=cfg.model.pretrained,
                         pretrained_file=cfg.model.pretrained_file, backbone_args=cfg.model.backbone_args,
-                        drop_path_rate=cfg.model.drop_path_rate, **cfg.method)
+                        drop_path_rate=cfg.model.drop_path_rate, head_init=cfg.model.head_init, **cfg.method)

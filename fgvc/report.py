@@ -69,6 +69,8 @@ def write_overlays(model, records: Sequence, preprocess, class_names: Sequence[s
 
     n = len(records)
     picks = [records[i] for i in np.linspace(0, n - 1, min(count, n)).round().astype(int)]
+    for old in Path(out_dir).glob("*.png") if Path(out_dir).is_dir() else []:  # a rebuild replaces them
+        old.unlink()
     transform = preprocess.transform()
     written = []
     for start in range(0, len(picks), batch_size):

@@ -12,8 +12,8 @@ serves no assets from the network (the page is written here, so it works offline
 large front-end and its own runtime for what is a file input and a list.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: FastAPI reads the routes' annotations (UploadFile, Query),
+# which are imported inside create_app, so they must be evaluated where the routes are defined.
 import base64
 import io
 import threading

@@ -8,7 +8,9 @@ reader should find, so the tests compare against it.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -260,3 +262,45 @@ def write_google_vit_npz(path: Path, model, grid: int, num_classes: int = 21843,
         w[f"{b}MlpBlock_3/Dense_1/kernel"], w[f"{b}MlpBlock_3/Dense_1/bias"] = r(mlp, d), r(d)
     np.savez(path, **w)
     return w
+
+
+def write_csv(root: Path) -> dict:
+    """list.csv: path,label,split with a header, paths relative to the file."""
+    rows = [("img/0.jpg", "heron", "train"), ("img/1.jpg", "egret", "train"), ("img/2.jpg", "heron", "test"),
+            ("img/3.jpg", "egret", "test")]
+    for path, _, _ in rows:
+        jpg(root / path)
+    (root / "list.csv").write_text("path,label,split\n" + "".join(f"{p},{c},{s}\n" for p, c, s in rows))
+    return {"n": len(rows)}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The enrolment: every registered reader (by its function) has a fake in its official layout here, with the
+# option grid it is read under and what reading it must give. tests/test_readers.py fails for a reader
+# that is registered without one.
+
+@dataclass
+class Fake:
+    """A fake dataset writer and, per option set, the expected classes and images per split."""
+
+    write: Callable[..., dict]
+    cases: list  # [(writer kwargs, reader options, classes, {split: images})]
+
+
+AIRCRAFT_CLASSES = {"variant": 3, "family": 3, "manufacturer": 3}
+FAKES: dict[str, Fake] = {
+    "cub": Fake(write_cub, [({}, {}, 3, {"train": 6, "test": 6})]),
+    "nabirds": Fake(write_nabirds, [({}, {}, 3, None)]),
+    "cars": Fake(write_cars, [({"layout": layout, "labels_in_devkit": devkit}, {}, 3, {"train": 6, "test": 6})
+                              for layout in ("A", "B") for devkit in (False, True)]),
+    "dogs": Fake(write_dogs, [({}, {}, 2, None), ({}, {"boxes": True}, 2, None)]),
+    "aircraft": Fake(write_aircraft, [({}, {"level": level}, AIRCRAFT_CLASSES[level],
+                                       {"train": 3, "val": 3, "test": 3}) for level in AIRCRAFT_CLASSES]),
+    "flowers": Fake(write_flowers, [({}, {}, 3, {"train": 3, "val": 3, "test": 3})]),
+    "pets": Fake(write_pets, [({}, {}, 3, {"trainval": 6, "test": 3})]),
+    "inat": Fake(write_inat, [({"version": v}, {"version": v}, 2, {"train": 6, "val": 2})
+                              for v in ("2017", "2018", "2021")] + [({"version": "2018"}, {}, 2, {"train": 6, "val": 2})]),
+    "folder": Fake(write_folder, [({}, {}, 2, {"train": 6, "test": 6}),
+                                  ({"splits": ("train", "val")}, {}, 2, {"train": 6, "val": 6})]),
+    "csv": Fake(write_csv, [({}, {}, 2, {"train": 2, "test": 2})]),
+}

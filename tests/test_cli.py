@@ -223,3 +223,95 @@ def test_every_method_trains_evaluates_predicts_and_explains(method, synth, tmp_
         assert torch.allclose(exported(x), ref, atol=1e-5), method
         got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
         assert got.shape == ref.shape and torch.allclose(got, ref, atol=1e-4), method
+
+
+def test_predict_over_a_folder_skips_and_names_an_unreadable_image(trained, synth, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    good = sorted((synth / "images").rglob("*.jpg"))[:3]
+    for i, p in enumerate(good):
+        shutil.copy(p, folder / f"good{i}.jpg")
+    data = good[0].read_bytes()
+    (folder / "cut.jpg").write_bytes(data[: len(data) // 3])
+    code, out, err = run(capsys, "predict", trained, folder, "--topk", "2")
+    lines = out.strip().splitlines()
+    assert code == 0 and len(lines) == 3 and all("good" in line for line in lines)
+    assert "cut.jpg" in err and "3 of 4 images predicted; 1 unreadable" in err
+    code, out, err = run(capsys, "explain", trained, folder, "--out", tmp_path / "ov")
+    assert code == 0 and len(list((tmp_path / "ov").glob("*.png"))) == 3 and "cut.jpg" in err
+    code, _, err = run(capsys, "predict", trained, folder, "--topk", "0")
+    assert code == 1 and "--topk must be at least 1" in err
+
+
+def test_every_option_shows_its_default_in_the_help():
+    from fgvc.cli import _Help, build_parser
+
+    def parsers(p):
+        yield p
+        for action in p._actions:
+            for sub in getattr(action, "choices", None).values() if isinstance(action.choices, dict) else []:
+                yield from parsers(sub)
+
+    missing = []
+    for p in parsers(build_parser()):
+        text = p.format_help()
+        for action in p._actions:
+            if not action.option_strings or action.help == "==SUPPRESS==" or action.nargs == 0:
+                continue  # positional arguments, flags (their default is off) and --help
+            help_text = _Help(p.prog)._get_help_string(action)
+            if "default" not in help_text and "(required)" not in help_text:
+                missing.append(f"{p.prog} {action.option_strings[0]}")
+        assert "usage:" in text
+    assert not missing, missing
+
+
+def test_methods_into_a_closed_pipe_ends_without_a_traceback():
+    r = subprocess.run(f"{sys.executable} -m fgvc methods | head -1", shell=True, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() and "Traceback" not in r.stderr and "Error" not in r.stderr
+
+
+def test_bench_defaults_to_the_methods_recipe_backbone(capsys):
+    code, out, err = run(capsys, "bench", "transfg", "--img-size", "64", "--batch", "2", "--steps", "1", "--warmup",
+                         "1", "--device", "cpu", "--loader-workers", "-1", "--json")
+    r = json.loads(out)
+    assert code == 0, err
+    assert r["backbone"].startswith("vit_base_patch16_224") and r["method_options"]["slide_step"] == 12
+
+
+def test_relative_paths_are_stored_absolute(synth, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(synth.parent)
+    code, _, err = run(capsys, "train", SMOKE, f"data.root={synth.name}", f"out={tmp_path / 'rel'}",
+                       "train.epochs=1", "--quiet")
+    assert code == 0, err
+    saved = (tmp_path / "rel" / "config.yaml").read_text()
+    assert f"root: {synth}" in saved
+    monkeypatch.chdir(tmp_path)
+    assert run(capsys, "eval", tmp_path / "rel", "--quiet")[0] == 0  # from another folder
+
+
+def test_hub_weights_without_a_network_fail_in_one_line_within_seconds(tmp_path, capsys, monkeypatch):
+    """No cached copy and no route to the hub: one line naming model.pretrained_file, no retries."""
+    import time
+
+    import huggingface_hub.constants as hub
+
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(hub, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    t0 = time.time()
+    code, _, err = run(capsys, "train", SMOKE, f"out={tmp_path / 'hub'}", "model.pretrained=true", "--quiet")
+    assert code == 1 and time.time() - t0 < 15
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "cannot download the pretrained weights of test_resnet" in lines[0]
+    assert "model.pretrained_file" in lines[0]
+
+
+@pytest.mark.slow
+def test_a_wheel_holds_the_recipes(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                        str(tmp_path), str(ROOT)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    import zipfile
+
+    names = zipfile.ZipFile(next(tmp_path.glob("fgvc-*.whl"))).namelist()
+    for recipe in ("transfg/cub.yaml", "transfg/_base.yaml", "smoke/wsdan.yaml", "demo.yaml", "baseline/flowers17.yaml"):
+        assert f"fgvc/configs/{recipe}" in names, recipe

@@ -218,3 +218,19 @@ def test_validation_split_chooses_the_checkpoint_and_test_is_evaluated_once(tmp_
     assert run.test["num_images"] == 16  # the official test split, untouched by the carve-out
     with pytest.raises(ConfigError, match="needs a validation split"):
         _run(tmp_path, synth_root, "w", "train.select=best_val")
+
+
+@pytest.mark.slow
+def test_gpu_check_without_cuda_says_so_and_passes_its_cpu_run(tmp_path):
+    """`make gpu-check` on a machine without CUDA: one line that says so, then the same path at tiny sizes."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "fgvc.gpu_check", "--out", str(tmp_path / "gc")], capture_output=True,
+                       text=True, timeout=900, env={**__import__("os").environ, "PYTHONUNBUFFERED": "1"})
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    assert r.stdout.splitlines()[0] == "gpu-check: no CUDA device here; running the same path at tiny sizes on the CPU"
+    summary = json.loads((tmp_path / "gc" / "gpu-check.json").read_text())
+    assert not summary["failed"] and all(f["ok"] for f in summary["functional"].values())
+    assert len(summary["bench"]) == 6 and all(r["ok"] and r["step_ratio"] > 0 for r in summary["bench"])
+    assert "| transfg | OK |" in r.stdout

@@ -258,3 +258,45 @@ def test_unknown_dataset_and_missing_root(tmp_path):
         open_dataset("cubb", tmp_path)
     with pytest.raises(DataError, match="needs a root folder"):
         open_dataset("cub", None)
+
+
+# --- every registered reader, enrolled with its fake -------------------------------------------------
+
+def _primary_names() -> dict[str, str]:
+    """One name per registered reader function (its first name)."""
+    from fgvc.data.readers.registry import _READERS
+
+    out = {}
+    for name, fn in _READERS.items():
+        out.setdefault(fn, name)
+    return {name: fn for fn, name in out.items()}
+
+
+def test_every_registered_reader_has_a_fake_in_its_official_layout():
+    from fakes import FAKES
+
+    missing = sorted(set(_primary_names()) - set(FAKES))
+    assert not missing, f"readers without a fake in tests/fakes.py FAKES: {missing}"
+
+
+def _cases():
+    from fakes import FAKES
+
+    for name, fake in FAKES.items():
+        for i, (kwargs, options, classes, counts) in enumerate(fake.cases):
+            yield pytest.param(name, kwargs, options, classes, counts, id=f"{name}-{i}-{kwargs}-{options}")
+
+
+@pytest.mark.parametrize("name,kwargs,options,classes,counts", list(_cases()))
+def test_every_reader_reads_its_fake(name, kwargs, options, classes, counts, tmp_path):
+    from fakes import FAKES
+
+    written = FAKES[name].write(tmp_path, **kwargs)
+    index = open_dataset(name, tmp_path, **options)
+    assert index.num_classes == classes and len(index.class_names) == classes
+    if counts is not None:
+        assert dict(splits(index)) == counts
+    assert "n" not in written or len(index.records) == written["n"]
+    assert set(index.train_splits) | set(index.test_splits) <= set(splits(index)) | {"val", "test"}
+    for r in index.records:
+        assert Path(r.path).is_file() and 0 <= r.label < classes

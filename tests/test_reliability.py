@@ -152,6 +152,28 @@ def test_sigterm_saves_at_a_step_boundary_and_exits_75(reference, synth_root, tm
     assert_same_params(out / "last.pt", reference / "last.pt")
 
 
+def test_sigterm_to_the_process_group_with_loader_workers_saves_and_exits_75(reference, synth_root, tmp_path):
+    """What `timeout -s TERM` and batch schedulers do: the signal reaches the DataLoader workers too. They leave
+    it to the main process, which saves at the step boundary; one line, no traceback, and the resumed run
+    ends where the uninterrupted one did (workers change neither the order nor the augmentation)."""
+    out = tmp_path / "group"
+    argv = args_for(synth_root, out, "train.epochs=3", "train.ckpt_every=1", "train.keep_checkpoints=30",
+                    "data.num_workers=2")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "FGVC_TEST_FAULT": "slow_steps"}
+    p = subprocess.Popen([sys.executable, RUNNER, *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True)
+    assert wait_for(lambda: (out / "sample_ids.txt").exists()
+                    and len((out / "sample_ids.txt").read_text().splitlines()) > 5, proc=p)
+    os.killpg(p.pid, signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 75, err
+    assert "Traceback" not in err and "killed by signal" not in err, err
+    assert err.count("state saved to") == 1 and err.strip().splitlines()[-1].startswith("stopped by a signal")
+    code, log = run(argv + ["--resume", "auto"])
+    assert code == 0, log
+    assert_same_params(out / "last.pt", reference / "last.pt")
+
+
 def test_resume_with_another_world_size_is_refused(reference, synth_root, tmp_path):
     out = tmp_path / "ws"
     shutil.copytree(reference, out)

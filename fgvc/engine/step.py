@@ -29,15 +29,17 @@ class StepModule(nn.Module):
 
 
 def wrap_step(method: Method, *, distributed: bool = False, device: Optional[torch.device] = None,
-              find_unused_parameters: bool = False, compile: bool = False) -> nn.Module:
-    """The step module, under DDP when ``distributed``, compiled when ``compile``."""
+              find_unused_parameters: bool = False, compile: bool = False,
+              compile_options: Optional[dict] = None) -> nn.Module:
+    """The step module, under DDP when ``distributed``, compiled when ``compile`` (``compile_options`` are
+    ``torch.compile``'s keywords, e.g. ``{"mode": "max-autotune-no-cudagraphs"}``)."""
     step: nn.Module = StepModule(method)
     if distributed:
         step = nn.parallel.DistributedDataParallel(
             step, device_ids=[device.index] if device is not None and device.type == "cuda" else None,
             find_unused_parameters=find_unused_parameters)
     if compile:
-        step = torch.compile(step)
+        step = torch.compile(step, **(compile_options or {}))
     return step
 
 

@@ -154,7 +154,8 @@ class Trainer:
             self.ema = ModelEmaV3(self.model, decay=t.ema_decay)
         self.criterion = build_criterion(t.loss, t.label_smoothing, t.gce_k)
         self.step_module = wrap_step(self.model, distributed=info.distributed, device=info.device,
-                                     find_unused_parameters=t.find_unused_parameters, compile=t.compile)
+                                     find_unused_parameters=t.find_unused_parameters, compile=t.compile,
+                                     compile_options=t.compile_options)
         self.learning = LearningCheck(self.index.num_classes, t.learning_check,
                                       f"train.lr={t.lr:g}, new layers x{t.head_lr_scale:g}",
                                       type(self.model).lr_hint, self.steps_per_epoch)

@@ -38,6 +38,7 @@ class ModelSpec:
     pretrained_file: Optional[str] = None
     backbone_args: dict[str, Any] = field(default_factory=dict)
     drop_path_rate: float = 0.0
+    head_init: str = "torch"  # see ModelConfig.head_init
 
 
 @dataclass

@@ -16,7 +16,7 @@ from torch import nn
 from ..backbones import num_features, to_nchw
 from ..registry import register_method
 from .base import Explanation, Method, ModelSpec
-from .ops import class_activation_maps
+from .ops import classifier, class_activation_maps
 
 
 @register_method
@@ -36,7 +36,7 @@ class Baseline(Method):
         super().__init__(spec, cfg)
         self.backbone = self.make_backbone()
         self.dropout = nn.Dropout(cfg.dropout)
-        self.head = nn.Linear(num_features(self.backbone), spec.num_classes)
+        self.head = classifier(num_features(self.backbone), spec.num_classes, spec.head_init)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(self.backbone(images)))

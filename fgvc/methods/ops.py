@@ -9,6 +9,19 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+
+def classifier(in_features: int, num_classes: int, init: str = "torch") -> nn.Linear:
+    """A new linear head: PyTorch's default initialization (``torch``), or timm's for a new ViT head
+    (``trunc_normal``: truncated normal with std 0.02, zero bias)."""
+    head = nn.Linear(in_features, num_classes)
+    if init == "trunc_normal":
+        nn.init.trunc_normal_(head.weight, std=0.02)
+        nn.init.zeros_(head.bias)
+    elif init != "torch":
+        raise ValueError(f"unknown head initialization '{init}'")
+    return head
 
 
 def class_activation_maps(feature_map: torch.Tensor, weight: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ from ..backbones import QKRecorder, create_backbone, vit_problem, vit_set_patch_
 from ..errors import ConfigError
 from ..registry import register_method
 from .base import Explanation, Method, ModelSpec, StepContext, StepOutput
-from .ops import crop_and_zoom, largest_component, mask_box
+from .ops import classifier, crop_and_zoom, largest_component, mask_box
 from .rollout import rollout_row
 
 
@@ -73,7 +73,7 @@ class RAMSTrans(Method):
         self.cls_tokens = nn.Parameter(vit.cls_token.detach().repeat(1, cfg.scales, 1))
         vit.cls_token = None  # replaced by the scale-specific tokens
         self.backbone = vit
-        self.head = nn.Linear(vit.embed_dim, spec.num_classes)
+        self.head = classifier(vit.embed_dim, spec.num_classes, spec.head_init)
 
     def is_pretrained_parameter(self, name: str) -> bool:
         return name.startswith("backbone.") or name == "cls_tokens"

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 from torch import nn
@@ -35,6 +35,7 @@ from ..errors import ConfigError
 from ..losses import contrastive_loss
 from ..registry import register_method
 from .base import Explanation, Method, ModelSpec, StepContext, StepOutput
+from .ops import classifier
 from .rollout import rollout_row
 
 
@@ -61,6 +62,7 @@ class TransFG(Method):
     @dataclass
     class Config:
         slide_step: int = 12  # patch stride: 12 overlapping (the paper), 16 non-overlapping
+        part_select: bool = True  # false: the last layer sees every token (TransFG without its PSM, for ablations)
         part_layer_init: Literal["random", "pretrained"] = "random"
         contrastive_weight: float = 1.0
         contrastive_margin: float = 0.4
@@ -92,7 +94,7 @@ class TransFG(Method):
         self.backbone = vit
         self.part_layer = part_layer
         self.part_norm = vit.norm  # the pretrained encoder norm (official commit ff28b58)
-        self.head = nn.Linear(vit.embed_dim, spec.num_classes)
+        self.head = classifier(vit.embed_dim, spec.num_classes, spec.head_init)
         self.patch = vit.patch_embed.proj.kernel_size[0]
 
     def is_pretrained_parameter(self, name: str) -> bool:
@@ -116,9 +118,15 @@ class TransFG(Method):
         scale = self.backbone.blocks[0].attn.scale
         return rollout_row(start, qs, ks, scale, chunk=self.cfg.rollout_chunk)
 
-    def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def features(self, images: torch.Tensor, select: Optional[bool] = None
+                 ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
         """The CLS feature after the part layer and norm, the selected token indices ``[B, H]`` (1-based
-        over patches, i.e. token positions) and the rollout rows ``[B, H, 1 + N]``."""
+        over patches, i.e. token positions) and the rollout rows ``[B, H, 1 + N]``. Without part selection
+        (``method.part_select=false``) the part layer sees every token and no rollout is computed."""
+        select = self.cfg.part_select if select is None else select
+        if not select:
+            x = self.backbone.blocks(vit_tokens(self.backbone, images))
+            return self.part_norm(self.part_layer(x))[:, 0], None, None
         x, qs, ks = self.encode(images)
         rows = self.rollout(qs, ks)
         idx = rows[:, :, 1:].argmax(-1) + 1  # per head; duplicates kept, as the official code
@@ -148,7 +156,9 @@ class TransFG(Method):
 
     @torch.no_grad()
     def explain(self, images: torch.Tensor) -> Explanation:
-        feat, idx, rows = self.features(images)
+        feat, idx, rows = self.features(images, select=True)  # the selection is drawn even when it is off
+        if not self.cfg.part_select:
+            feat = self.features(images)[0]
         heat = rows[:, :, 1:].mean(1).reshape(-1, *self.grid)
         boxes = self.patch_boxes(idx)
         centres = (boxes[..., :2] + boxes[..., 2:]) / 2

@@ -1,0 +1,57 @@
+"""A run that is not learning says so: diverging stops after the first epoch with the likely cause; a loss
+that does not fall, or a training accuracy near chance, warns. And every smoke recipe does learn."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fgvc.cli import main
+from fgvc.engine.distributed import DistInfo
+from fgvc.engine.health import LearningCheck
+from fgvc.errors import TrainingError
+from fgvc.registry import list_methods
+
+from conftest import ROOT
+
+
+def check(losses, accs, epoch=1, policy="stop", k=10):
+    c = LearningCheck(k, policy, "train.lr=0.1, new layers x10", "use a smaller rate", steps_per_epoch=8)
+    c.start_epoch()
+    for loss, acc in zip(losses, accs):
+        c.add(torch.tensor(loss), torch.tensor(acc))
+    return c.end_of_epoch(epoch, DistInfo())
+
+
+def test_a_diverging_first_epoch_stops_with_its_likely_cause():
+    with pytest.raises(TrainingError, match=r"rose from 2.3 to 9.* not learning; likely cause: the learning rate "
+                                            r"\(train.lr=0.1, new layers x10\) is too high for this method; use a"):
+        check([2.3, 2.3, 4, 6, 8, 9, 9, 9], [10, 10, 10, 5, 10, 10, 10, 10])
+    assert "rose" in check([2.3, 2.3, 4, 6, 8, 9, 9, 9], [10] * 8, policy="warn")
+    assert check([2.3, 2.3, 4, 6, 8, 9, 9, 9], [10] * 8, policy="ignore") is None
+
+
+def test_a_flat_loss_or_chance_accuracy_warns_and_a_learning_run_is_quiet():
+    assert "has not fallen in the first epoch" in check([2.3] * 8, [10] * 8)
+    assert "near chance" in check([2.3, 2.2, 2.1, 2.0, 1.9, 1.8, 1.7, 1.6], [10] * 8, epoch=2)
+    assert check([2.3, 2.2, 2.1, 2.0, 1.9, 1.8, 1.7, 1.6], [10, 20, 30, 40, 50, 50, 60, 60]) is None
+
+
+def test_wsdan_at_a_plain_fine_tuning_rate_stops_in_one_line(capsys, tmp_path):
+    """The first real-data run: WS-DAN at lr 0.02 sat at a loss of 11-14 for the whole run, silently."""
+    code = main(["train", "smoke/wsdan", "train.lr=0.05", f"out={tmp_path / 'w'}", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1
+    assert "not learning" in err[0] and "100x its normalized feature" in err[0], err
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_every_smoke_recipe_learns(method, tmp_path, capsys):
+    """The smoke recipes' training loss falls: the last logged window is below the first."""
+    assert main(["train", str(ROOT / "fgvc" / "configs" / "smoke" / f"{method}.yaml"), f"out={tmp_path / 'r'}",
+                 "--quiet"]) == 0
+    records = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if r["kind"] == "train"]
+    assert len(losses) >= 2 and losses[-1] < losses[0], losses

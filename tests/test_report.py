@@ -1,0 +1,76 @@
+"""The run report: report/index.html with curves, confusion matrix, per-class accuracy, confused pairs and
+overlays, written after training and rebuilt by `fgvc report RUN`, looked at in a real headless browser."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fgvc.cli import main
+from fgvc.report import confused_block
+
+from browser import chromium
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("report") / "run"
+    assert main(["train", "smoke/baseline", f"out={out}", "--quiet", "data.val_fraction=0.25",
+                 "eval.explain_samples=3"]) == 0
+    return out
+
+
+def test_training_writes_the_report_and_fgvc_report_rebuilds_it(run_dir, capsys):
+    folder = run_dir / "report"
+    for f in ("index.html", "curves.png", "confusion.png", "per_class.png", "test_predictions.npz"):
+        assert (folder / f).is_file(), f
+    assert len(list((folder / "explain").glob("*.png"))) == 3
+    for f in ("index.html", "curves.png", "confusion.png"):
+        (folder / f).unlink()
+    assert main(["report", str(run_dir)]) == 0 and "index.html" in capsys.readouterr().out
+    page = (folder / "index.html").read_text()
+    assert "curves.png" in page and "confusion.png" in page and "explain/" in page and "test top-1" in page
+    assert main(["report", str(run_dir), "--overlays", "2"]) == 0  # redrawn from the checkpoint and the dataset
+
+
+def test_the_page_shows_curves_matrix_and_overlays_in_a_browser(run_dir, tmp_path):
+    driver = chromium()
+    try:
+        driver.get((run_dir / "report" / "index.html").as_uri())
+        images = driver.find_elements("tag name", "img")
+        loaded = {img.get_attribute("src").rsplit("/", 1)[-1]: driver.execute_script(
+            "return arguments[0].complete && arguments[0].naturalWidth", img) for img in images}
+        assert loaded.get("curves.png", 0) > 100 and loaded.get("confusion.png", 0) > 100, loaded
+        assert sum(1 for k, v in loaded.items() if k.endswith(".png") and v > 0) >= 5, loaded
+        driver.execute_script("window.scrollTo(0, 0)")
+        shot = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("L")
+        shot.save(tmp_path / "report.png")
+        assert np.asarray(shot).std() > 10  # not a blank page
+    finally:
+        driver.quit()
+
+
+def test_overlay_captions_carry_truth_prediction_and_a_legend(run_dir):
+    from fgvc.explain import caption_for
+
+    import torch
+
+    names = json.loads((run_dir / "labels.json").read_text())["class_names"]
+    probs = torch.tensor([0.1, 0.7, 0.2] + [0.0] * (len(names) - 3))
+    right, wrong = caption_for(probs, names, 1), caption_for(probs, names, 0)
+    assert right[0][0] == f"true: {names[1]}" and right[1][0].endswith("right") and wrong[1][0].endswith("wrong")
+    assert f"predicted: {names[1]} (70.0%)" in right[1][0]  # the whole class name, never cut
+
+
+def test_the_confusion_picture_keeps_all_classes_up_to_sixty_then_the_most_confused():
+    small = np.eye(20, dtype=int) * 5
+    assert list(confused_block(small)) == list(range(20))
+    big = np.eye(100, dtype=int) * 5
+    big[7, 3] = big[50, 51] = 4
+    keep = confused_block(big)
+    assert len(keep) == 60 and {3, 7, 50, 51} <= set(keep.tolist())
