@@ -317,36 +317,35 @@ def vit_tokens(vit: nn.Module, images: torch.Tensor, cls_token: Optional[torch.T
     return vit.norm_pre(vit.patch_drop(vit.pos_drop(x)))
 
 
-class QKRecorder:
-    """Records every block's queries and keys (after ``q_norm``/``k_norm``) during a forward pass.
+def _keep_output(module: nn.Module, args: Any, output: torch.Tensor) -> None:
+    module.fgvc_output = output.detach()
 
-    The blocks keep their fused attention (SDPA): the attention matrix is never formed here. The recorded
-    tensors are detached views of the ones the attention already holds for its backward pass, so in
-    training they cost no extra memory.
 
-    Example::
+def record_queries_and_keys(blocks: Sequence[nn.Module]) -> None:
+    """Makes every block keep its last queries and keys (after ``q_norm``/``k_norm``); :func:`take_queries_and_keys`
+    reads them after a forward pass.
 
-        with QKRecorder(vit.blocks) as rec:
-            x = vit.blocks(x)
-        rec.q[l], rec.k[l]  # [B, heads, tokens, head_dim] of block l
+    The blocks keep their fused attention (SDPA): the attention matrix is never formed. The hooks are
+    registered once, at construction, and keep a detached view of tensors the attention holds anyway for its
+    backward pass, on the module that computed them (so a deep copy of the model, such as its EMA, records
+    into its own modules); ``torch.compile`` traces them without recompiling per step.
     """
+    for blk in blocks:
+        for m in (blk.attn.q_norm, blk.attn.k_norm):
+            if not getattr(m, "fgvc_recording", False):
+                m.register_forward_hook(_keep_output)
+                m.fgvc_recording = True
 
-    def __init__(self, blocks: Sequence[nn.Module]):
-        self.blocks = list(blocks)
-        self.q: list[torch.Tensor] = []
-        self.k: list[torch.Tensor] = []
-        self._handles = []
 
-    def __enter__(self) -> "QKRecorder":
-        for blk in self.blocks:
-            self._handles.append(blk.attn.q_norm.register_forward_hook(lambda m, i, o: self.q.append(o.detach())))
-            self._handles.append(blk.attn.k_norm.register_forward_hook(lambda m, i, o: self.k.append(o.detach())))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
+def take_queries_and_keys(blocks: Sequence[nn.Module]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Every block's last queries and keys ``[B, heads, tokens, head_dim]``, in forward order; the modules let
+    go of them (so a model at rest holds no activations)."""
+    qs, ks = [], []
+    for blk in blocks:
+        qs.append(blk.attn.q_norm.fgvc_output)
+        ks.append(blk.attn.k_norm.fgvc_output)
+        blk.attn.q_norm.fgvc_output = blk.attn.k_norm.fgvc_output = None
+    return qs, ks
 
 
 # ---------------------------------------------------------------------------------------------------

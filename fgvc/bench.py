@@ -46,6 +46,7 @@ class BenchSetting:
     batch: int
     method_options: dict
     backbone_args: dict
+    channels_last: bool = False
 
 
 def recipe_setting(method: str, backbone: Optional[str] = None, img_size: Optional[int] = None,
@@ -60,7 +61,8 @@ def recipe_setting(method: str, backbone: Optional[str] = None, img_size: Option
                         img_size=img_size or data.get("img_size", 224), batch=batch or data.get("batch_size", 16),
                         method_options={**recipe.get("method", {}), **(method_options or {})},
                         backbone_args={**(model.get("backbone_args", {}) if same_backbone else {}),
-                                       **(backbone_args or {})})
+                                       **(backbone_args or {})},
+                        channels_last=bool(recipe.get("train", {}).get("channels_last", False)))
 
 
 def plain_setting(s: BenchSetting) -> BenchSetting:
@@ -75,7 +77,7 @@ def plain_setting(s: BenchSetting) -> BenchSetting:
             vit = create_backbone(s.backbone, **s.backbone_args)
         patch = vit.patch_embed.proj.kernel_size[0]
         img = patch * ((s.img_size - patch) // stride + 1)
-    return BenchSetting("baseline", s.backbone, img, s.batch, {}, dict(s.backbone_args))
+    return BenchSetting("baseline", s.backbone, img, s.batch, {}, dict(s.backbone_args), s.channels_last)
 
 
 def _sync(device: torch.device) -> None:
@@ -133,6 +135,7 @@ def measure(s: BenchSetting, steps: int = 20, warmup: int = 5, device: str = "au
     """Training and inference figures of one setting (see the module docstring)."""
     dev = resolve_device(device)
     dtype = amp_dtype(amp, dev)
+    channels_last = channels_last or s.channels_last  # the recipe's memory format, or the flag
     torch.manual_seed(0)
     model = create_model(s.method, backbone=s.backbone, num_classes=num_classes, img_size=s.img_size,
                          backbone_args=s.backbone_args, **s.method_options).to(dev)
@@ -233,7 +236,7 @@ def bench(method: str, backbone: Optional[str] = None, img_size: Optional[int] =
     base = None
     if plain:
         ps = plain_setting(s)
-        key = (ps.backbone, ps.img_size, ps.batch, channels_last, amp, device)
+        key = (ps.backbone, ps.img_size, ps.batch, channels_last or ps.channels_last, amp, device)
         cache = plain_cache if plain_cache is not None else {}
         if key not in cache:  # the plain eager step, measured once per setting
             cache[key] = measure(ps, **common, compile=False)

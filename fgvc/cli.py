@@ -331,7 +331,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_gpu_check(args: argparse.Namespace) -> int:
     from .gpu_check import main as gpu_check
 
-    return gpu_check(out=args.out, quick=args.quick)
+    return gpu_check(out=args.out, quick=args.quick, speed=args.speed, budget=args.budget)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -521,6 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "the same path at tiny sizes on the CPU.")
     g.add_argument("--out", default="gpu-check", help="folder for the table (JSON) and logs")
     g.add_argument("--quick", action="store_true", help="tiny sizes even on a GPU (a smoke test of the check)")
+    g.add_argument("--speed", action="store_true", help="also measure candidate speed-ups (compiled steps, ...)")
+    g.add_argument("--budget", type=float, default=0.0, help="seconds for the whole check; speed variants that would "
+                   "start later are skipped (0: no limit)")
     g.set_defaults(fn=cmd_gpu_check)
     return p
 

@@ -194,16 +194,17 @@ def process_group_sigterm(data_root: Path, out: Path, device: str, tiny: bool) -
             "resumed": "to step 40"}
 
 
-def benchmarks(device: str, tiny: bool, out: Path, log: Callable) -> list[dict[str, Any]]:
-    """``fgvc bench`` of the headline settings, each beside its plain backbone step."""
+def benchmarks(device: str, tiny: bool, out: Path, log: Callable, plain_cache: dict) -> list[dict[str, Any]]:
+    """``fgvc bench`` of the headline settings, each beside its plain backbone step (eager; the profiler's
+    table of each method's costliest operations goes to OUT/profile)."""
     from .bench import bench, loader_throughput
 
     rows = []
     loader: dict[int, float] = {}
-    plain_cache: dict = {}  # HERBS and PIM share their plain Swin-L step
     for method, extra in HEADLINE.items():
         kw: dict[str, Any] = dict(steps=2 if tiny else 10, warmup=1 if tiny else 3, device=device, plain=True,
-                                  loader_workers=-1, plain_cache=plain_cache, **extra)
+                                  loader_workers=-1, plain_cache=plain_cache,
+                                  profile=None if tiny else out / "profile", **extra)
         if tiny:
             from .config import read_yaml
             from .recipes import RECIPES
@@ -230,6 +231,48 @@ def benchmarks(device: str, tiny: bool, out: Path, log: Callable) -> list[dict[s
     return rows
 
 
+# Candidate speed-ups measured by `--speed` (issue 13): (method, what, bench overrides), in priority order.
+SPEED_VARIANTS = [
+    ("wsdan", "one pass over [crop; drop]", dict(method_options={"joint_augmented_pass": True})),
+    ("transfg", "rollout in one chunk", dict(method_options={"rollout_chunk": 4096})),
+    ("dbgce", "compiled", dict(compile=True)),
+    ("wsdan", "compiled", dict(compile=True)),
+    ("wsdan", "compiled, CUDA graphs", dict(compile=True, compile_options={"mode": "reduce-overhead"})),
+    ("transfg", "compiled", dict(compile=True)),
+    ("herbs", "compiled", dict(compile=True, batch=8)),
+    ("rams_trans", "compiled", dict(compile=True)),
+    ("pim", "compiled", dict(compile=True, batch=8)),
+    ("herbs", "compiled, CUDA graphs", dict(compile=True, batch=8, compile_options={"mode": "reduce-overhead"})),
+]
+
+
+def speed_variants(device: str, out: Path, log: Callable, deadline: float, plain_cache: dict,
+                   save: Callable = lambda rows: None) -> list[dict]:
+    """The candidate speed-ups, each beside the same plain step, until ``deadline`` (time.time())."""
+    from .bench import bench
+
+    rows = []
+    for method, what, kw in SPEED_VARIANTS:
+        if time.time() > deadline:
+            log(f"speed {method} ({what}): skipped, out of time")
+            rows.append({"method": method, "variant": what, "ok": False, "error": "skipped: out of time"})
+            continue
+        try:
+            r = bench(method, steps=10, warmup=3, device=device, plain=True, loader_workers=-1, plain_cache=plain_cache,
+                      profile=out / "profile" if not kw.get("compile") else None, **kw)
+            r.update(variant=what, ok=True)
+            log(f"speed {method} ({what}): {r['train_img_per_s']:.1f} img/s, {r['step_ratio']:.2f}x the plain step, "
+                f"first step {r['first_step_s']:.0f} s")
+        except Exception as e:  # noqa: BLE001
+            r = {"method": method, "variant": what, "ok": False, "error": f"{e.__class__.__name__}: {str(e)[:500]}"}
+            log(f"speed {method} ({what}): FAILED {r['error']}")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        rows.append(r)
+        save(rows)
+    return rows
+
+
 def table(functional_rows: dict[str, dict], bench_rows: list[dict]) -> str:
     """The one table: functional result and benchmark figures per method."""
     lines = ["| method | check | train img/s | peak GiB | step / plain step | plain img/s | infer img/s | loader img/s |",
@@ -248,7 +291,7 @@ def table(functional_rows: dict[str, dict], bench_rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(out: str = "gpu-check", quick: bool = False) -> int:
+def main(out: str = "gpu-check", quick: bool = False, speed: bool = False, budget: float = 0.0) -> int:
     from .data.synthetic import write_cub_layout
     from .registry import list_methods
 
@@ -285,6 +328,11 @@ def main(out: str = "gpu-check", quick: bool = False) -> int:
             (out_dir / f"{method}.traceback.txt").write_text(traceback.format_exc())
         if cuda:
             torch.cuda.empty_cache()
+    def save(**parts: Any) -> None:  # after every section, so a run cut short keeps what it measured
+        summary = {"env": env, "functional": results, "seconds": round(time.perf_counter() - t_start, 1), **parts}
+        (out_dir / "gpu-check.json").write_text(json.dumps(summary, indent=1, default=str))
+
+    save()
     extra: dict[str, Any] = {}
     for name, fn in (("compile (dbgce, train.compile=true)",
                       lambda: compiled_training("dbgce", data_root, out_dir, device, tiny)),
@@ -296,16 +344,29 @@ def main(out: str = "gpu-check", quick: bool = False) -> int:
         except Exception as e:  # noqa: BLE001
             extra[name] = {"ok": False, "error": f"{e.__class__.__name__}: {str(e)[:2000]}"}
             log(f"{name}: FAILED {extra[name]['error']}")
-    bench_rows = benchmarks(device, tiny, out_dir, log)
+    save(checks=extra)
+    plain_cache: dict = {}  # HERBS and PIM share their plain Swin-L step; the speed variants reuse them all
+    bench_rows = benchmarks(device, tiny, out_dir, log, plain_cache)
     text = table(results, bench_rows)
+    save(checks=extra, bench=bench_rows, table=text)
+    speed_rows = []
+    if speed and cuda:
+        deadline = time.time() + (budget - (time.perf_counter() - t_start) if budget else 600)
+        speed_rows = speed_variants(device, out_dir, log, deadline, plain_cache,
+                                    lambda rows: save(checks=extra, bench=bench_rows, table=text, speed_variants=rows))
     failed = [m for m, r in results.items() if not r["ok"]] + [n for n, r in extra.items() if not r["ok"]] + \
         [r["method"] for r in bench_rows if not r.get("ok")]
     summary = {"env": env, "functional": results, "checks": extra, "bench": bench_rows, "table": text,
+               "speed_variants": speed_rows,
                "official_h200_img_per_s": OFFICIAL_H200, "failed": failed,
                "seconds": round(time.perf_counter() - t_start, 1)}
     (out_dir / "gpu-check.json").write_text(json.dumps(summary, indent=1, default=str))
     print()
     print(text)
+    for r in speed_rows:
+        print(f"speed variant {r['method']} ({r['variant']}): " + (
+            f"{r['train_img_per_s']:.1f} img/s, {r['step_ratio']:.2f}x the plain step, {r['peak_mem_gib']:.2f} GiB, "
+            f"first step {r['first_step_s']:.0f} s" if r.get("ok") else r["error"]))
     for name, r in extra.items():
         print(f"{name}: {'OK' if r['ok'] else 'FAILED ' + r['error'][:300]}")
     print(f"gpu-check {'passed' if not failed else 'FAILED: ' + ', '.join(failed)} in {summary['seconds']:.0f} s on "
@@ -315,6 +376,8 @@ def main(out: str = "gpu-check", quick: bool = False) -> int:
 
 
 def _git_commit() -> Optional[str]:
+    if os.environ.get("FGVC_COMMIT"):  # a copy of the tree without .git (a lent GPU machine)
+        return os.environ["FGVC_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               cwd=Path(__file__).resolve().parent, timeout=5).stdout.strip() or None
@@ -328,5 +391,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="gpu-check", help="folder for the table (JSON) and logs (default: gpu-check)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes even on a GPU")
+    parser.add_argument("--speed", action="store_true", help="also measure the candidate speed-ups (compiled steps...)")
+    parser.add_argument("--budget", type=float, default=0.0, help="seconds for the whole check; speed variants that "
+                        "would start after it are skipped (default: 0, no limit)")
     args = parser.parse_args()
-    sys.exit(main(args.out, args.quick))
+    sys.exit(main(args.out, args.quick, args.speed, args.budget))

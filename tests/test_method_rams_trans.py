@@ -29,8 +29,8 @@ def test_dppm_map_equals_the_full_product_of_regularized_attention(row):
     model = tiny(dppm_row=row).double().eval()
     images = torch.randn(2, 3, 64, 64, dtype=torch.float64)
     with torch.no_grad():
-        _, rec = model.scale_pass(images, 0, record=True)
-        got = model.attention_map(rec)
+        _, qs, ks = model.scale_pass(images, 0)
+        got = model.attention_map(qs, ks)
         # Independent: explicit head-mean attention of all L layers, (A + I) row-normalized, G = A_L ... A_1
         vit = model.backbone
         x = vit.patch_embed(images).flatten(1, 2)
@@ -117,10 +117,10 @@ def test_second_scale_sees_the_crop_of_the_first_scales_box():
     x = torch.randn(1, 3, 64, 64)
     seen = []
     real = model.scale_pass
-    model.scale_pass = lambda images, s, record: (seen.append(images), real(images, s, record))[1]
+    model.scale_pass = lambda images, s: (seen.append(images), real(images, s))[1]
     with torch.no_grad():
-        _, rec = real(x, 0, record=True)
-        box = model.propose(model.attention_map(rec))
+        _, qs, ks = real(x, 0)
+        box = model.propose(model.attention_map(qs, ks))
         model.run_scales(x, 2)
     from fgvc.methods.ops import crop_and_zoom
 

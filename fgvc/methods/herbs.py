@@ -195,6 +195,8 @@ class HERBS(Method):
         shapes = [tuple(f.shape[-2:]) for f in probed]
         channels = [int(f.shape[1]) for f in probed]
         self.backbone = self.make_stage_backbone(backbone_indices)
+        if self.levels == "merged":
+            keep_merged_outputs(self.backbone.model, self.indices)
         self.shapes = shapes
         tokens = [h * w for h, w in shapes]
         self.selects = [select_count(n, ref, t) for n, ref, t in zip(cfg.num_selects, cfg.reference_tokens, tokens)]
@@ -335,24 +337,42 @@ def swin_like(backbone: nn.Module) -> bool:
 
 def level_maps(backbone: StageFeatures, images: torch.Tensor, indices: list[int], levels: str) -> list[torch.Tensor]:
     """The pyramid's input maps (NCHW). ``stages``: the stage outputs. ``merged``: for every stage but the last,
-    the output of the next stage's downsampling layer (patch merging), read with a forward hook: the layout of
-    the old timm Swin the official code vendors (Swin-L at 384: 48x48x384, 24x24x768, 12x12x1536, then the last
-    stage's 12x12x1536). ``backbone`` returns the stages ``indices`` (``stages``) or the last one (``merged``)."""
+    the output of the next stage's downsampling layer (patch merging), kept by a hook registered once
+    (:func:`keep_merged_outputs`): the layout of the old timm Swin the official code vendors (Swin-L at 384:
+    48x48x384, 24x24x768, 12x12x1536, then the last stage's 12x12x1536). ``backbone`` returns the stages
+    ``indices`` (``stages``) or the last one (``merged``)."""
     if levels == "stages":
         return backbone(images)
     stages = getattr(backbone.model, "layers", None)
     if backbone.via != "intermediates" or stages is None or not all(hasattr(st, "downsample") for st in stages):
         raise ConfigError("method.levels=merged needs a backbone whose stages start with a downsample layer (Swin)")
-    captured: dict[int, torch.Tensor] = {}
-    hooks = [stages[i + 1].downsample.register_forward_hook(lambda m, a, o, i=i: captured.__setitem__(i, o))
-             for i in indices if i + 1 < len(stages)]
-    try:
-        last = backbone(images)[-1]
-    finally:
-        for h in hooks:
-            h.remove()
-    return [(captured[i].permute(0, 3, 1, 2) if backbone.nhwc else captured[i]) if i in captured else last
-            for i in indices]
+    keep_merged_outputs(backbone.model, indices)  # registered at construction; here for a backbone built apart
+    last = backbone(images)[-1]
+    out = []
+    for i in indices:
+        if i + 1 < len(stages):
+            m = stages[i + 1].downsample
+            out.append(m.fgvc_output.permute(0, 3, 1, 2) if backbone.nhwc else m.fgvc_output)
+            m.fgvc_output = None  # let go of it
+        else:
+            out.append(last)
+    return out
+
+
+def _keep_output(module: nn.Module, args, output: torch.Tensor) -> None:
+    module.fgvc_output = output
+
+
+def keep_merged_outputs(model: nn.Module, indices: list[int]) -> None:
+    """Registers, once per module, the hooks that keep the patch-merging outputs the merged levels read (on the
+    module that computed them, so compiled steps and copies of the model see their own)."""
+    stages = model.layers
+    for i in indices:
+        if i + 1 < len(stages):
+            m = stages[i + 1].downsample
+            if not getattr(m, "fgvc_keeping", False):
+                m.register_forward_hook(_keep_output)
+                m.fgvc_keeping = True
 
 
 def select_count(wanted: int, reference: int, tokens: int) -> int:

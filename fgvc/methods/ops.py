@@ -70,6 +70,7 @@ def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
+@torch.compiler.disable  # a data-dependent loop: compiled code would unroll it; it runs eagerly in a compiled step
 def largest_component(mask: torch.Tensor) -> torch.Tensor:
     """The largest 8-connected component of each binary map, batched on the device.
 

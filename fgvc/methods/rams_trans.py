@@ -24,7 +24,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..backbones import QKRecorder, create_backbone, vit_problem, vit_set_patch_stride, vit_tokens
+from ..backbones import (create_backbone, record_queries_and_keys, take_queries_and_keys, vit_problem,
+                         vit_set_patch_stride, vit_tokens)
 from ..errors import ConfigError
 from ..registry import register_method
 from .base import Explanation, Method, ModelSpec, StepContext, StepOutput
@@ -74,6 +75,7 @@ class RAMSTrans(Method):
         vit.cls_token = None  # replaced by the scale-specific tokens
         self.backbone = vit
         self.head = classifier(vit.embed_dim, spec.num_classes, spec.head_init)
+        record_queries_and_keys(vit.blocks)
 
     def is_pretrained_parameter(self, name: str) -> bool:
         return name.startswith("backbone.") or name == "cls_tokens"
@@ -83,18 +85,16 @@ class RAMSTrans(Method):
 
     # -- one scale ------------------------------------------------------------------------------------
 
-    def scale_pass(self, images: torch.Tensor, scale: int, record: bool) -> tuple[torch.Tensor, QKRecorder]:
-        """Logits of one scale and (when ``record``) its queries and keys."""
+    def scale_pass(self, images: torch.Tensor, scale: int) -> tuple[torch.Tensor, list, list]:
+        """Logits of one scale, and its queries and keys per layer."""
         vit = self.backbone
-        x = vit_tokens(vit, images, cls_token=self.cls_tokens[:, scale:scale + 1])
-        rec = QKRecorder(vit.blocks if record else [])
-        with rec:
-            x = vit.blocks(x)
-        return self.head(vit.norm(x)[:, 0]), rec
+        x = vit.blocks(vit_tokens(vit, images, cls_token=self.cls_tokens[:, scale:scale + 1]))
+        qs, ks = take_queries_and_keys(vit.blocks)
+        return self.head(vit.norm(x)[:, 0]), qs, ks
 
-    def attention_map(self, rec: QKRecorder) -> torch.Tensor:
+    def attention_map(self, qs: list, ks: list) -> torch.Tensor:
         """The DPPM's patch scores ``[B, rows, cols]``, divided by their maximum."""
-        q = rec.q[0]
+        q = qs[0]
         b, _, n, _ = q.shape
         dtype = torch.promote_types(q.dtype, torch.float32)
         if self.cfg.dppm_row == "cls":
@@ -102,7 +102,7 @@ class RAMSTrans(Method):
             start[:, 0] = 1.0
         else:
             start = torch.full((b, n), 1.0 / n, device=q.device, dtype=dtype)
-        row = rollout_row(start, rec.q, rec.k, self.backbone.blocks[0].attn.scale, head_mean=True, identity=0.5,
+        row = rollout_row(start, qs, ks, self.backbone.blocks[0].attn.scale, head_mean=True, identity=0.5,
                           chunk=self.cfg.rollout_chunk)
         g = row[:, 1:]
         g = g / g.max(1, keepdim=True).values.clamp_min(torch.finfo(g.dtype).tiny)
@@ -129,11 +129,11 @@ class RAMSTrans(Method):
         extent = images.new_tensor([0.0, 0.0, w - 1.0, h - 1.0]).expand(len(images), 4)  # what x shows
         for s in range(scales):
             need_map = s + 1 < scales or explain
-            out, rec = self.scale_pass(x, s, record=need_map)
+            out, qs, ks = self.scale_pass(x, s)
             logits.append(out)
             if not need_map:
                 break
-            scores = self.attention_map(rec)
+            scores = self.attention_map(qs, ks)
             box = self.propose(scores)
             if explain:
                 maps.append(paste_map(scores, extent, (h, w)))
@@ -147,7 +147,7 @@ class RAMSTrans(Method):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.cfg.inference == "first" or self.cfg.scales == 1:
-            return self.scale_pass(images, 0, record=False)[0]
+            return self.scale_pass(images, 0)[0]
         logits, _, _ = self.run_scales(images, self.cfg.scales)
         return torch.stack([l.float().softmax(1) for l in logits]).mean(0).log()
 

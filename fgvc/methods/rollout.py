@@ -34,9 +34,11 @@ def row_times_attention(v: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale
     v, q, k = v.detach(), q.detach(), k.detach()
     out = torch.zeros(v.shape, dtype=acc, device=v.device)
     kt = k.transpose(-2, -1)
+    q = q * scale  # on the small [B, H, N, d] queries, not on the [B, H, c, N] scores (exact for d = 4^n)
     for a in range(0, q.shape[2], chunk):
         b = min(a + chunk, q.shape[2])
-        probs = ((q[:, :, a:b] @ kt).to(acc) * scale).softmax(-1)  # [B, H, c, N]
+        # scores in the inputs' precision, softmax computed and written in float32 in one pass: [B, H, c, N]
+        probs = torch.softmax(q[:, :, a:b] @ kt, dim=-1, dtype=acc)
         out += (v[:, :, None, a:b].to(acc) @ probs)[:, :, 0]
     return out
 

@@ -30,7 +30,8 @@ from typing import Literal, Optional
 import torch
 from torch import nn
 
-from ..backbones import QKRecorder, create_backbone, vit_problem, vit_set_patch_stride, vit_tokens
+from ..backbones import (create_backbone, record_queries_and_keys, take_queries_and_keys, vit_problem,
+                         vit_set_patch_stride, vit_tokens)
 from ..errors import ConfigError
 from ..losses import contrastive_loss
 from ..registry import register_method
@@ -95,6 +96,7 @@ class TransFG(Method):
         self.part_layer = part_layer
         self.part_norm = vit.norm  # the pretrained encoder norm (official commit ff28b58)
         self.head = classifier(vit.embed_dim, spec.num_classes, spec.head_init)
+        record_queries_and_keys(vit.blocks)
         self.patch = vit.patch_embed.proj.kernel_size[0]
 
     def is_pretrained_parameter(self, name: str) -> bool:
@@ -105,10 +107,9 @@ class TransFG(Method):
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """The encoder's output ``z_{L-1}`` ``[B, 1 + N, D]`` and every encoder layer's queries and keys."""
-        x = vit_tokens(self.backbone, images)
-        with QKRecorder(self.backbone.blocks) as rec:
-            x = self.backbone.blocks(x)
-        return x, rec.q, rec.k
+        x = self.backbone.blocks(vit_tokens(self.backbone, images))
+        qs, ks = take_queries_and_keys(self.backbone.blocks)
+        return x, qs, ks
 
     def rollout(self, qs: list[torch.Tensor], ks: list[torch.Tensor]) -> torch.Tensor:
         """Class-token row of ``A_{L-1} ... A_1`` per head: ``[B, H, 1 + N]``."""
@@ -126,6 +127,7 @@ class TransFG(Method):
         select = self.cfg.part_select if select is None else select
         if not select:
             x = self.backbone.blocks(vit_tokens(self.backbone, images))
+            take_queries_and_keys(self.backbone.blocks)  # not needed: let go of them
             return self.part_norm(self.part_layer(x))[:, 0], None, None
         x, qs, ks = self.encode(images)
         rows = self.rollout(qs, ks)
