@@ -39,12 +39,13 @@ timm-floor: $(FLOOR_DIR)
 
 # On a CUDA machine: every feature on the GPU and the benchmark table (docs/benchmarks.md); without CUDA,
 # the same path at tiny sizes on the CPU. Uses .venv when present, else a python3 that already has torch
-# and timm (a GPU machine's own), else sets up .venv.
+# and timm (a GPU machine's own), else sets up .venv. GPU_CHECK_ARGS="--speed --budget 300" adds the candidate
+# speed-ups (compiled steps) while time is left.
 gpu-check:
 	@if [ -x $(BIN)/python ]; then PY=$(BIN)/python; \
 	elif $(PYTHON) -c "import torch, timm, torchvision" 2>/dev/null; then PY=$(PYTHON); \
 	else $(MAKE) install && PY=$(BIN)/python; fi; \
-	PYTHONPATH=$(CURDIR) $$PY -m fgvc.gpu_check --out gpu-check
+	PYTHONPATH=$(CURDIR) $$PY -m fgvc.gpu_check --out gpu-check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs .pytest_cache gpu-check

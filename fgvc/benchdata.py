@@ -112,7 +112,7 @@ def run_all(names: list[str], data: Path, out: Path, mode: str = "cpu", epochs: 
             r = json.loads(line)
             done[r["name"]] = r
     todo = [n for n in names if n not in done]
-    workers = max(1, min(8, (os.cpu_count() or 2) // max(parallel, 1) - 1))
+    workers = max(1, min(8, (os.cpu_count() or 2) // max(parallel, 1)))
     running: list[tuple[str, subprocess.Popen, float, Any]] = []
     while todo or running:
         while todo and len(running) < parallel:
