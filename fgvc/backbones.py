@@ -68,9 +68,9 @@ def create_backbone(name: str, *, pretrained: bool = False, pretrained_file: Opt
         path = Path(pretrained_file).expanduser()
         if not path.is_file():
             raise FgvcError(f"pretrained weight file not found: {path}")
-        overlay = {"file": str(path)}
-        if path.suffix == ".npz":
-            overlay["custom_load"] = True  # timm's Google/JAX loader (ViT family)
+        # custom_load: timm's Google/JAX loader (ViT family) for .npz; some timm versions set it in a ViT's own
+        # pretrained config, which must not apply to a PyTorch or safetensors file
+        overlay = {"file": str(path), "custom_load": path.suffix == ".npz"}
         kw["pretrained_cfg_overlay"] = overlay
         pretrained = True
 

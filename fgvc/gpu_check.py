@@ -108,7 +108,7 @@ def functional(method: str, data_root: Path, out: Path, device: str, tiny: bool,
                               "batch": cfg.data.batch_size, "grad_accum": cfg.train.grad_accum}
     with timer("train_until_sigterm"):
         try:
-            with signal_during_step(get_method(method), call=2 * cfg.train.grad_accum + 1):
+            with signal_during_step(get_method(method), call=3):  # inside the first or second optimizer step
                 train(cfg, progress=False)
             raise AssertionError("the SIGTERM did not stop the run")
         except Preempted:
@@ -169,7 +169,8 @@ def process_group_sigterm(data_root: Path, out: Path, device: str, tiny: bool) -
            "model.pretrained=false", f"out={run_dir}", f"device={device}", "train.steps=40", "train.warmup_steps=0",
            "train.learning_check=ignore", "train.log_every=1", "data.num_workers=2", "data.batch_size=4",
            "eval.explain_samples=0", "--quiet"] + (["model.backbone=test_resnet", "data.img_size=64", "data.resize=72",
-                                                    "train.amp=none"] if tiny else [])
+                                                    "train.amp=none"] if tiny else ["data.img_size=224",
+                                                                                    "data.resize=256"])
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             env=env)
@@ -194,9 +195,10 @@ def process_group_sigterm(data_root: Path, out: Path, device: str, tiny: bool) -
             "resumed": "to step 40"}
 
 
-def benchmarks(device: str, tiny: bool, out: Path, log: Callable, plain_cache: dict) -> list[dict[str, Any]]:
-    """``fgvc bench`` of the headline settings, each beside its plain backbone step (eager; the profiler's
-    table of each method's costliest operations goes to OUT/profile)."""
+def benchmarks(device: str, tiny: bool, out: Path, log: Callable, plain_cache: dict,
+               profile: bool = False) -> list[dict[str, Any]]:
+    """``fgvc bench`` of the headline settings, each beside its plain backbone step (eager; with ``profile``,
+    a torch.profiler trace and the table of each method's costliest operations go to OUT/profile)."""
     from .bench import bench, loader_throughput
 
     rows = []
@@ -204,7 +206,7 @@ def benchmarks(device: str, tiny: bool, out: Path, log: Callable, plain_cache: d
     for method, extra in HEADLINE.items():
         kw: dict[str, Any] = dict(steps=2 if tiny else 10, warmup=1 if tiny else 3, device=device, plain=True,
                                   loader_workers=-1, plain_cache=plain_cache,
-                                  profile=None if tiny else out / "profile", **extra)
+                                  profile=out / "profile" if profile else None, **extra)
         if tiny:
             from .config import read_yaml
             from .recipes import RECIPES
@@ -259,7 +261,7 @@ def speed_variants(device: str, out: Path, log: Callable, deadline: float, plain
             continue
         try:
             r = bench(method, steps=10, warmup=3, device=device, plain=True, loader_workers=-1, plain_cache=plain_cache,
-                      profile=out / "profile" if not kw.get("compile") else None, **kw)
+                      **kw)
             r.update(variant=what, ok=True)
             log(f"speed {method} ({what}): {r['train_img_per_s']:.1f} img/s, {r['step_ratio']:.2f}x the plain step, "
                 f"first step {r['first_step_s']:.0f} s")
@@ -346,7 +348,7 @@ def main(out: str = "gpu-check", quick: bool = False, speed: bool = False, budge
             log(f"{name}: FAILED {extra[name]['error']}")
     save(checks=extra)
     plain_cache: dict = {}  # HERBS and PIM share their plain Swin-L step; the speed variants reuse them all
-    bench_rows = benchmarks(device, tiny, out_dir, log, plain_cache)
+    bench_rows = benchmarks(device, tiny, out_dir, log, plain_cache, profile=speed and cuda)
     text = table(results, bench_rows)
     save(checks=extra, bench=bench_rows, table=text)
     speed_rows = []

@@ -139,13 +139,14 @@ def load_run(path: Union[str, Path], device: str = "auto", use_ema: bool = True)
     cfg = config_from_saved(state["config"])
     cfg.model.pretrained, cfg.model.pretrained_file = False, None  # the checkpoint holds every weight
     labels = state["labels"]
-    model = create_model_from_config(cfg, len(labels["class_names"]))
+    dev = resolve_device(device)
+    with torch.device(dev):  # built on the device (its random initialization is overwritten anyway)
+        model = create_model_from_config(cfg, len(labels["class_names"]))
     weights = state["model"]
     if use_ema and state.get("ema"):
         weights = {k.removeprefix("module."): v for k, v in state["ema"].items()}
     model.load_state_dict(weights)
     model.load_checkpoint_state(state.get("method_state") or {})
-    dev = resolve_device(device)
     model.to(dev).eval()
     mean, std = normalization(cfg.data, model)
     return Run(model=model, cfg=cfg, class_names=list(labels["class_names"]),

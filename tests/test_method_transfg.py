@@ -139,3 +139,21 @@ def test_explain_boxes_are_the_selected_patches():
     assert boxes.shape == (2, 2, 4)
     assert (boxes[..., 2] - boxes[..., 0] == 15).all() and (boxes[..., 2] < 64).all()
     assert e.maps["rollout (CLS row, mean of heads)"].shape == (2, 5, 5)
+
+
+def test_the_rollout_under_bf16_autocast_runs_in_float32_and_stays_close():
+    """On a GPU the step runs under bf16 autocast: the rollout keeps its softmax and row product in float32
+    (no autocast casts of the [B, H, chunk, N] blocks) and stays close to the float64 product."""
+    from fgvc.methods.rollout import rollout_row
+
+    torch.manual_seed(0)
+    qs = [torch.randn(2, 3, 40, 16) for _ in range(4)]
+    ks = [torch.randn(2, 3, 40, 16) for _ in range(4)]
+    start = torch.zeros(2, 3, 40)
+    start[..., 0] = 1
+    ref = rollout_row(start.double(), [q.double() for q in qs], [k.double() for k in ks], 0.25)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = rollout_row(start, [q.bfloat16() for q in qs], [k.bfloat16() for k in ks], 0.25, chunk=16)
+    assert got.dtype == torch.float32
+    assert torch.allclose(got.double(), ref, atol=0.02)
+    assert (got[..., 1:].argmax(-1) == ref[..., 1:].argmax(-1)).float().mean() >= 0.8

@@ -126,7 +126,9 @@ class Trainer:
             self._check_images()
 
         seed_everything(t.seed)  # the model's initialization depends on the seed only
-        self.model: Method = create_model_from_config(cfg, self.index.num_classes).to(info.device)
+        with torch.device(info.device):  # parameters are created (and randomly initialized) on the device: fast
+            self.model: Method = create_model_from_config(cfg, self.index.num_classes)
+        self.model.to(info.device)  # anything a constructor made elsewhere
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         mean, std = normalization(cfg.data, self.model)

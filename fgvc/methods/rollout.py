@@ -12,6 +12,7 @@ compare it with the full matrix product of explicitly formed attention, in float
 
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import torch
@@ -29,17 +30,26 @@ def row_times_attention(v: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale
 
     Returns:
         ``[B, H, N]`` in float32 (float64 if the inputs are float64).
+
+    The scores are computed in the queries' precision (bf16 under autocast, as the forward's attention),
+    the softmax is computed and written in float32 in one pass, and the row product runs in float32. Autocast
+    is switched off here: it would cast every ``[B, H, chunk, N]`` block to float32 for the softmax and back to
+    bf16 for the product, two extra passes over the largest tensors of the step (most of the rollout's cost
+    in the first GPU profile).
     """
     acc = torch.promote_types(q.dtype, torch.float32)
     v, q, k = v.detach(), q.detach(), k.detach()
-    out = torch.zeros(v.shape, dtype=acc, device=v.device)
-    kt = k.transpose(-2, -1)
-    q = q * scale  # on the small [B, H, N, d] queries, not on the [B, H, c, N] scores (exact for d = 4^n)
-    for a in range(0, q.shape[2], chunk):
-        b = min(a + chunk, q.shape[2])
-        # scores in the inputs' precision, softmax computed and written in float32 in one pass: [B, H, c, N]
-        probs = torch.softmax(q[:, :, a:b] @ kt, dim=-1, dtype=acc)
-        out += (v[:, :, None, a:b].to(acc) @ probs)[:, :, 0]
+    device = q.device.type
+    no_autocast = torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) \
+        else contextlib.nullcontext()
+    with no_autocast:
+        out = torch.zeros(v.shape, dtype=acc, device=v.device)
+        kt = k.transpose(-2, -1)
+        q = q * scale  # on the small [B, H, N, d] queries, not on the [B, H, c, N] scores (exact for d = 4^n)
+        for a in range(0, q.shape[2], chunk):
+            b = min(a + chunk, q.shape[2])
+            probs = torch.softmax(q[:, :, a:b] @ kt, dim=-1, dtype=acc)  # [B, H, c, N]
+            out += (v[:, :, None, a:b].to(acc) @ probs)[:, :, 0]
     return out
 
 
