@@ -364,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, help: str, description: str = "") -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, description=description or help, formatter_class=_Help)
 
+    def device_option(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+
     t = command("train", "train a model (a recipe, or --method/--dataset)",
                 "Train a model. Arguments: a recipe name (transfg/cub; fgvc methods lists them) or a CONFIG.yaml, "
                 "then key=value settings (train.lr=0.01 data.root=/data/CUB_200_2011 method.slide_step=16).")
@@ -387,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run", help="run folder or checkpoint")
     e.add_argument("--data-root", help="the dataset's folder, if it moved; default: the run's")
     e.add_argument("--split", default="test", choices=["test", "val"], help="which split")
-    e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    device_option(e)
     e.add_argument("--batch-size", type=int, help="evaluation batch; default: the run's data.eval_batch_size")
     e.add_argument("--json", action="store_true", help="print the report as JSON")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -400,14 +403,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--topk", type=int, default=5, help="classes per image")
     pr.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     pr.add_argument("--json", action="store_true", help="print JSON")
-    pr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    device_option(pr)
     pr.set_defaults(fn=cmd_predict)
 
     ex = command("explain", "PNG overlays of what the method localizes")
     ex.add_argument("run", help="run folder or checkpoint")
     ex.add_argument("images", nargs="+", help="image files or folders")
     ex.add_argument("--out", required=True, help="folder for the PNG files")
-    ex.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    device_option(ex)
     ex.set_defaults(fn=cmd_explain)
 
     lo = command("localize", "compare what a run localizes with annotated object boxes and parts")
@@ -415,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     lo.add_argument("--data-root", help="the dataset's folder, if it moved; default: the run's")
     lo.add_argument("--split", default="test", choices=["test", "val", "train"], help="which split")
     lo.add_argument("--limit", type=int, help="at most this many images; default: all")
-    lo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    device_option(lo)
     lo.add_argument("--json", action="store_true", help="print JSON")
     lo.set_defaults(fn=cmd_localize)
 
@@ -430,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("run", help="run folder")
     rp.add_argument("--overlays", type=int, default=0, help="also redraw this many test overlays (needs the dataset)")
     rp.add_argument("--data-root", help="the dataset's folder, if it moved; default: the run's")
-    rp.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    device_option(rp)
     rp.set_defaults(fn=cmd_report)
 
     sv = command("serve", "a web page (and JSON API) to try a run on your own images",
@@ -438,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("run", help="run folder or checkpoint")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     sv.add_argument("--port", type=int, default=8000, help="port")
-    sv.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    device_option(sv)
     sv.add_argument("--max-mb", type=float, default=20.0, help="largest upload accepted, in MB")
     sv.set_defaults(fn=cmd_serve)
 
@@ -475,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", type=int, help="training batch; default: the recipe's")
     b.add_argument("--steps", type=int, default=20, help="timed training steps")
     b.add_argument("--warmup", type=int, default=5, help="untimed steps first")
-    b.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    device_option(b)
     b.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"], help="autocast (auto: bf16 on CUDA)")
     b.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     b.add_argument("--compile", action="store_true", help="torch.compile the step (compile time reported apart)")
@@ -492,9 +495,10 @@ def build_parser() -> argparse.ArgumentParser:
     bd = command("bench-data", "the real-data benchmark: 17 Flowers with ImageNet Lite0 and ViT-Tiny (shared data)",
                  "Train the methods' flowers17 recipes on the project's shared real data and write a table "
                  "(OUT/table.md, OUT/results.jsonl). A rerun skips the runs already in results.jsonl.")
-    bd.add_argument("sets", nargs="*", default=["cnn"], choices=["cnn", "vit", "ablations"], metavar="SET",
+    bd.add_argument("sets", nargs="*", default=["cnn"], choices=["cnn", "vit", "ablations", "lr"], metavar="SET",
                     help="cnn (baseline, dbgce, wsdan, pim, herbs on Lite0), vit (ViT-Tiny, TransFG, RAMS-Trans), "
-                    "ablations (ViT methods, one difference at a time); default: cnn")
+                    "ablations (ViT methods, one difference at a time), lr (PIM and HERBS at a fine-tuning rate); "
+                    "default: cnn")
     bd.add_argument("--run", action="append", help="only this run (repeatable; see fgvc/benchdata.py); default: the "
                     "SETs' runs")
     bd.add_argument("--data", help="folder with flowers17/ and the weight files; default: ../shared/data")
