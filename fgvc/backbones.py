@@ -114,7 +114,8 @@ def _reachable(url: str, seconds: float = 4.0) -> bool:
 
     def probe() -> None:
         try:
-            socket.create_connection((u.hostname, u.port or (443 if u.scheme == "https" else 80)), timeout=seconds).close()
+            port = u.port or (443 if u.scheme == "https" else 80)
+            socket.create_connection((u.hostname, port), timeout=seconds).close()
             result[0] = True
         except OSError:
             pass

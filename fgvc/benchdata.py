@@ -152,16 +152,16 @@ def run_all(names: list[str], data: Path, out: Path, mode: str = "cpu", epochs: 
             with open(results_file, "a") as fh:
                 fh.write(json.dumps(result) + "\n")
             done[name] = result
-            log(f"finished {name}: " + (f"top-1 {result['top1']:.2f}%" if "top1" in result else f"failed {result['error']}")
-                + f" in {minutes:.1f} min")
+            verdict = f"top-1 {result['top1']:.2f}%" if "top1" in result else f"failed {result['error']}"
+            log(f"finished {name}: {verdict} in {minutes:.1f} min")
     rows = [done[n] for n in names if n in done]
     (out / "table.md").write_text(table(rows))
     return rows
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| run | test top-1 | mean per class | train images/s | minutes | train acc. at step 40 / 80 | last train loss |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| run | test top-1 | mean per class | train images/s | minutes | train acc. at step 40 / 80 | "
+             "last train loss |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         acc = " / ".join(f"{r[k]:.1f}%" if k in r else "-" for k in ("train_acc_step40", "train_acc_step80"))
         top = f"{r['top1']:.2f}%" if "top1" in r else "failed"

@@ -299,7 +299,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
         print(f"  backbones: {cls.backbones}")
         if name in recipes:
             print(f"  recipes:   {', '.join(f'{name}/{d}' for d in recipes[name])}")
-    print(f"smoke recipes (tiny backbones, a minute on a CPU): {', '.join('smoke/' + d for d in recipes.get('smoke', []))}")
+    smoke = ", ".join("smoke/" + d for d in recipes.get("smoke", []))
+    print(f"smoke recipes (tiny backbones, a minute on a CPU): {smoke}")
     return 0
 
 
@@ -479,7 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--steps", type=int, default=20, help="timed training steps")
     b.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     device_option(b)
-    b.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"], help="autocast (auto: bf16 on CUDA)")
+    b.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"],
+                   help="autocast (auto: bf16 on CUDA)")
     b.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     b.add_argument("--compile", action="store_true", help="torch.compile the step (compile time reported apart)")
     b.add_argument("--plain", action="store_true", help="also measure the plain backbone step and report the ratio")

@@ -277,8 +277,8 @@ def speed_variants(device: str, out: Path, log: Callable, deadline: float, plain
 
 def table(functional_rows: dict[str, dict], bench_rows: list[dict]) -> str:
     """The one table: functional result and benchmark figures per method."""
-    lines = ["| method | check | train img/s | peak GiB | step / plain step | plain img/s | infer img/s | loader img/s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | check | train img/s | peak GiB | step / plain step | plain img/s | infer img/s | "
+             "loader img/s |", "|---|---|---|---|---|---|---|---|"]
     by_method = {r["method"]: r for r in bench_rows}
     for method, f in functional_rows.items():
         b = by_method.get(method, {})

@@ -35,3 +35,21 @@ def tiny_overrides(root: Path, out: Path, **extra) -> list[str]:
              "out": str(out), "train.log_every": 2, "eval.explain_samples": 2}
     items.update(extra)
     return [f"{k}={v}" for k, v in items.items()]
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """``smoke_run(method)``: the folder of a finished `fgvc train smoke/<method>` run (trained once per session,
+    on the smoke recipe's own synthetic data)."""
+    from fgvc.cli import main
+
+    done: dict[str, Path] = {}
+
+    def get(method: str) -> Path:
+        if method not in done:
+            out = tmp_path_factory.mktemp(f"smoke-{method}") / "run"
+            assert main(["train", f"smoke/{method}", f"out={out}", "--quiet"]) == 0
+            done[method] = out
+        return done[method]
+
+    return get

@@ -299,7 +299,8 @@ FAKES: dict[str, Fake] = {
     "flowers": Fake(write_flowers, [({}, {}, 3, {"train": 3, "val": 3, "test": 3})]),
     "pets": Fake(write_pets, [({}, {}, 3, {"trainval": 6, "test": 3})]),
     "inat": Fake(write_inat, [({"version": v}, {"version": v}, 2, {"train": 6, "val": 2})
-                              for v in ("2017", "2018", "2021")] + [({"version": "2018"}, {}, 2, {"train": 6, "val": 2})]),
+                              for v in ("2017", "2018", "2021")]
+                 + [({"version": "2018"}, {}, 2, {"train": 6, "val": 2})]),  # version auto
     "folder": Fake(write_folder, [({}, {}, 2, {"train": 6, "test": 6}),
                                   ({"splits": ("train", "val")}, {}, 2, {"train": 6, "val": 6})]),
     "csv": Fake(write_csv, [({}, {}, 2, {"train": 2, "test": 2})]),

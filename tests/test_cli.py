@@ -190,17 +190,16 @@ def test_entry_point_help_and_error_without_traceback(tmp_path):
 
 
 @pytest.mark.parametrize("method", __import__("fgvc").list_methods())
-def test_every_method_trains_evaluates_predicts_and_explains(method, synth, tmp_path, capsys):
-    """The issue's check for every method: smoke training on the synthetic data through the CUB reader,
-    then eval, predict and explain on the checkpoint."""
-    out = tmp_path / method
-    code, _, err = run(capsys, "train", ROOT / "fgvc" / "configs" / "smoke" / f"{method}.yaml", f"data.root={synth}",
-                       f"out={out}", "train.epochs=1", "--quiet")
-    assert code == 0, err
-    image = next((synth / "images").rglob("*.jpg"))
+def test_every_method_trains_evaluates_predicts_explains_and_exports(method, smoke_run, tmp_path, capsys):
+    """The issues' checks for every method: its smoke recipe trained on the synthetic data through the CUB
+    reader, then eval, predict and explain on the checkpoint, and exports that give the run's outputs."""
+    out = smoke_run(method)
+    from fgvc.run import load_run
+
+    image = load_run(out, device="cpu").records("test")[0].path
     code, out_eval, err = run(capsys, "eval", out, "--quiet")
     assert code == 0 and "top-1" in out_eval, err
-    code, out_pred, err = run(capsys, "predict", out / "last.pt", image, "--json")
+    code, out_pred, err = run(capsys, "predict", out / "last.pt", image, "--json", "--topk", "3")
     assert code == 0 and len(json.loads(out_pred)[0]["top"]) == 3, err
     code, _, err = run(capsys, "explain", out, image, "--out", tmp_path / "overlays")
     assert code == 0 and len(list((tmp_path / "overlays").glob("*.png"))) == 1, err

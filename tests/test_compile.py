@@ -17,7 +17,10 @@ from fgvc.recipes import RECIPES
 from fgvc.registry import list_methods
 
 
-def step_result(method: str, compiled: bool):
+def step_result(method: str, compiled: bool, steps: int = 1):
+    """The first step's loss and gradients; compiled, also the count of compiled graphs after each step."""
+    from torch._dynamo.utils import counters
+
     cfg = load_config(RECIPES / "smoke" / f"{method}.yaml")
     torch.manual_seed(0)
     model = create_model(method, backbone=cfg.model.backbone, num_classes=4, img_size=cfg.data.img_size,
@@ -32,36 +35,28 @@ def step_result(method: str, compiled: bool):
     out = step(x, y, ctx)
     out.loss.backward()
     grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
-    return out.loss.detach(), grads
+    if not compiled:
+        return out.loss.detach(), grads
+    graphs = [counters["stats"]["unique_graphs"]]
+    for i in range(1, steps):
+        step(x, y, StepContext(i, 0, steps, 1, build_criterion("ce"))).loss.backward()
+        graphs.append(counters["stats"]["unique_graphs"])
+    return out.loss.detach(), grads, graphs
 
 
 @pytest.mark.parametrize("method", list_methods())
-def test_compiled_step_gives_the_eager_loss_and_gradients(method):
-    torch._dynamo.reset()
-    eager_loss, eager_grads = step_result(method, compiled=False)
-    loss, grads = step_result(method, compiled=True)
-    assert torch.allclose(loss, eager_loss, rtol=1e-4, atol=1e-5), (float(loss), float(eager_loss))
-    assert grads.shape == eager_grads.shape
-    assert torch.allclose(grads, eager_grads, rtol=1e-3, atol=1e-5), (grads - eager_grads).abs().max()
-
-
-@pytest.mark.parametrize("method", list_methods())
-def test_a_compiled_step_is_not_recompiled_every_step(method):
-    """Hooks created per call, or Python state read per step, would make Dynamo compile every step anew."""
+def test_compiled_step_gives_the_eager_loss_and_gradients_and_is_not_recompiled(method):
+    """The same loss and gradients as eager; and no recompilation on later steps (hooks created per call, or
+    Python state read per step, would make Dynamo compile every step anew)."""
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
     counters.clear()
-    cfg = load_config(RECIPES / "smoke" / f"{method}.yaml")
-    torch.manual_seed(0)
-    model = create_model(method, backbone=cfg.model.backbone, num_classes=4, img_size=cfg.data.img_size,
-                         backbone_args=cfg.model.backbone_args, **cfg.method)
-    step = wrap_step(model, compile=True, compile_options={"backend": "aot_eager"})
-    x, y = torch.randn(4, 3, cfg.data.img_size, cfg.data.img_size), torch.tensor([0, 1, 2, 3])
-    graphs = []
-    for i in range(3):
-        step(x, y, StepContext(i, 0, 3, 1, build_criterion("ce"))).loss.backward()
-        graphs.append(counters["stats"]["unique_graphs"])
+    eager_loss, eager_grads = step_result(method, compiled=False)
+    loss, grads, graphs = step_result(method, compiled=True, steps=3)
+    assert torch.allclose(loss, eager_loss, rtol=1e-4, atol=1e-5), (float(loss), float(eager_loss))
+    assert grads.shape == eager_grads.shape
+    assert torch.allclose(grads, eager_grads, rtol=1e-3, atol=1e-5), (grads - eager_grads).abs().max()
     assert graphs[0] > 0 and graphs[1] == graphs[0] and graphs[2] == graphs[0], graphs
     # the one intended break: RAMS-Trans's connected components run eagerly (torch.compiler.disable)
     unexpected = {k: v for k, v in counters["graph_break"].items() if "torch.compiler.disable" not in k}

@@ -12,7 +12,7 @@ from PIL import Image
 from fgvc.config import DataConfig
 from fgvc.data.dataset import ImageDataset, check_images, load_rgb
 from fgvc.data.records import Record, stratified_split
-from fgvc.data.transforms import Preprocess, build_eval_transform, build_train_transform
+from fgvc.data.transforms import Preprocess, build_train_transform
 from fgvc.errors import DataError
 
 from fakes import jpg
@@ -67,7 +67,8 @@ def test_raise_policy_names_path_and_index(tmp_path):
     files = make_images(tmp_path)
     records = [Record(path=str(files["good"]["rgb"]), label=0, split="train"),
                Record(path=str(files["bad"]["truncated"]), label=1, split="train")]
-    ds = ImageDataset(records, build_eval_transform(DataConfig(img_size=16, resize=18), (0.5,) * 3, (0.5,) * 3))
+    tf = Preprocess.from_config(DataConfig(img_size=16, resize=18), (0.5,) * 3, (0.5,) * 3).transform()
+    ds = ImageDataset(records, tf)
     with pytest.raises(DataError, match=r"truncated.jpg \(dataset index 1\)"):
         ds[1]
 
@@ -76,7 +77,8 @@ def test_skip_policy_replaces_and_reports(tmp_path):
     files = make_images(tmp_path)
     records = [Record(path=str(files["bad"]["empty"]), label=0, split="train"),
                Record(path=str(files["good"]["gray"]), label=1, split="train")]
-    ds = ImageDataset(records, build_eval_transform(DataConfig(img_size=16, resize=18), (0.5,) * 3, (0.5,) * 3),
+    tf = Preprocess.from_config(DataConfig(img_size=16, resize=18), (0.5,) * 3, (0.5,) * 3).transform()
+    ds = ImageDataset(records, tf,
                       bad_data="skip")
     img, label, index, bad = ds[0]
     assert (label, index, bad) == (1, 1, 0) and img.shape == (3, 16, 16)

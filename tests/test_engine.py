@@ -105,12 +105,13 @@ def test_report_hand_case():
 
 def test_eval_halves_batch_on_oom_and_gives_same_result(synth_root):
     from fgvc.data import open_dataset
-    from fgvc.data.transforms import build_eval_transform
+    from fgvc.data.transforms import Preprocess
     from fgvc.registry import create_model
 
     index = open_dataset("cub", synth_root)
     model = create_model("baseline", backbone="test_resnet", num_classes=4, img_size=32).eval()
-    tf = build_eval_transform(load_config(None, ["data.img_size=32", "data.resize=36"]).data, (0.5,) * 3, (0.5,) * 3)
+    data = load_config(None, ["data.img_size=32", "data.resize=36"]).data
+    tf = Preprocess.from_config(data, (0.5,) * 3, (0.5,) * 3).transform()
     records = index.records[:10]
     ref, targets, _ = predict_split(model, records, tf, batch_size=10, device=torch.device("cpu"))
     real_forward = model.forward

@@ -14,7 +14,6 @@ from fgvc.engine.health import LearningCheck
 from fgvc.errors import TrainingError
 from fgvc.registry import list_methods
 
-from conftest import ROOT
 
 
 def check(losses, accs, epoch=1, policy="stop", k=10):
@@ -48,10 +47,8 @@ def test_wsdan_at_a_plain_fine_tuning_rate_stops_in_one_line(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("method", list_methods())
-def test_every_smoke_recipe_learns(method, tmp_path, capsys):
+def test_every_smoke_recipe_learns(method, smoke_run):
     """The smoke recipes' training loss falls: the last logged window is below the first."""
-    assert main(["train", str(ROOT / "fgvc" / "configs" / "smoke" / f"{method}.yaml"), f"out={tmp_path / 'r'}",
-                 "--quiet"]) == 0
-    records = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(x) for x in (smoke_run(method) / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if r["kind"] == "train"]
     assert len(losses) >= 2 and losses[-1] < losses[0], losses

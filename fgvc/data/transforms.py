@@ -87,17 +87,14 @@ class Preprocess:
 
     def describe(self) -> dict[str, Any]:
         """The steps in words and numbers, for a program outside fgvc (an exported model's sidecar)."""
+        resize = (f"resize to {self.resize}x{self.resize}" if self.resize_mode == "square" else
+                  f"resize the shorter side to {self.resize} (the longer side truncated)")
         d = asdict(self)
         d.update(mean=list(self.mean), std=list(self.std), interpolation="bilinear (antialiased)",
-                 steps=["convert to RGB", f"resize {'to ' + str(self.resize) + 'x' + str(self.resize) if self.resize_mode == 'square' else 'the shorter side to ' + str(self.resize) + ' (long side truncated)'}",
-                        f"centre crop {self.img_size}x{self.img_size}", "scale to [0, 1] (divide by 255)",
-                        "subtract mean, divide by std (per channel, RGB order)", "layout NCHW, float32"])
+                 steps=["convert to RGB", resize, f"centre crop {self.img_size}x{self.img_size}",
+                        "scale to [0, 1] (divide by 255)", "subtract mean, divide by std (per channel, RGB order)",
+                        "layout NCHW, float32"])
         return d
 
 
-def build_eval_transform(cfg: DataConfig, mean: Sequence[float], std: Sequence[float]) -> T.Compose:
-    """The fixed evaluation transform of a config (see :class:`Preprocess`)."""
-    return Preprocess.from_config(cfg, mean, std).transform()
-
-
-__all__ = ["Preprocess", "build_train_transform", "build_eval_transform", "normalization", "resize_size"]
+__all__ = ["Preprocess", "build_train_transform", "normalization", "resize_size"]

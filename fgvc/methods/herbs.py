@@ -218,7 +218,8 @@ class HERBS(Method):
         self.cls_down = nn.ModuleList(TokenClassifier(d, k) for _ in range(n_levels))
         if cfg.bottom_up:
             self.proj_up = nn.ModuleList(_two_layer(d, d) for _ in range(n_levels))
-            self.down = nn.ModuleList(Resample(shapes[i], shapes[i + 1], self.resample, True) for i in range(n_levels - 1))
+            self.down = nn.ModuleList(Resample(shapes[i], shapes[i + 1], self.resample, True)
+                                      for i in range(n_levels - 1))
             self.cls_up = nn.ModuleList(TokenClassifier(d, k) for _ in range(n_levels))
         elif cfg.lambda_refine:
             raise ConfigError("method.lambda_refine needs method.bottom_up=true (it distills the bottom-up outputs)")

@@ -5,9 +5,10 @@ token's row of the per-head product of raw attention; RAMS-Trans: of the head-av
 Multiplying the row vector through the layers costs O(N^2) per layer instead of the O(N^3) of the
 matrix product, and each ``v^T A_l`` is computed from the layer's queries and keys in chunks of rows, so
 no ``N x N`` matrix for all heads is ever held and the main forward keeps fused attention. Everything
-here runs on detached tensors, without gradient; no
-``no_grad`` region is used, so the forward that calls it exports and loads with ``torch.export``. ``tests/test_method_transfg.py`` and ``tests/test_method_rams_trans.py``
-compare it with the full matrix product of explicitly formed attention, in float64.
+here runs on detached tensors, without gradient; no ``no_grad`` region is used, so the forward that calls
+it exports and loads with ``torch.export``. ``tests/test_method_transfg.py`` and
+``tests/test_method_rams_trans.py`` compare it with the full matrix product of explicitly formed
+attention, in float64.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ def row_times_attention(v: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale
     acc = torch.promote_types(q.dtype, torch.float32)
     v, q, k = v.detach(), q.detach(), k.detach()
     device = q.device.type
-    no_autocast = torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) \
-        else contextlib.nullcontext()
+    autocasting = device in ("cuda", "cpu", "xpu", "mps") and torch.is_autocast_enabled(device)  # not on meta
+    no_autocast = torch.autocast(device, enabled=False) if autocasting else contextlib.nullcontext()
     with no_autocast:
         out = torch.zeros(v.shape, dtype=acc, device=v.device)
         kt = k.transpose(-2, -1)
