@@ -179,26 +179,31 @@ def plot_per_class(per_class: Sequence[Optional[float]], class_names: Sequence[s
 def pair_figure(pair: dict[str, Any], predictions: dict[str, np.ndarray], path: Path, per_side: int = 3,
                 thumb: int = 128) -> bool:
     """Images of the true class taken for the predicted one, beside images of the predicted class."""
-    from PIL import Image, ImageDraw
+    from PIL import Image
 
     from .data.dataset import load_rgb
+    from .explain import _text_block
 
     paths, targets, top = predictions["paths"], predictions["targets"], predictions["top_index"][:, 0]
     wrong = [p for p, t, q in zip(paths, targets, top) if t == pair["true"] and q == pair["pred"]][:per_side]
     other = [p for p, t, q in zip(paths, targets, top) if t == pair["pred"] and q == pair["pred"]][:per_side]
     if not wrong:
         return False
-    canvas = Image.new("RGB", (2 * per_side * (thumb + 4) + 20, thumb + 40), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    draw.text((4, 2), f"true {pair['true_name']}, predicted {pair['pred_name']}", fill=(200, 0, 0))
-    draw.text((per_side * (thumb + 4) + 24, 2), f"{pair['pred_name']} (for comparison)", fill=(0, 110, 0))
-    for side, items in enumerate((wrong, other)):
+    half = per_side * (thumb + 4)
+    heads = [_text_block([(f"true {pair['true_name']}", (0, 0, 0)),
+                          (f"predicted as {pair['pred_name']}", (200, 0, 0))], half),
+             _text_block([(f"{pair['pred_name']}, predicted right (for comparison)", (0, 110, 0))], half)]
+    top_h = max(h.height for h in heads)
+    canvas = Image.new("RGB", (2 * half + 20, top_h + thumb + 4), (255, 255, 255))
+    for side, (head, items) in enumerate(zip(heads, (wrong, other))):
+        x0 = side * (half + 20)
+        canvas.paste(head, (x0, 0))
         for j, p in enumerate(items):
             try:
                 im = load_rgb(str(p)).resize((thumb, thumb))
             except Exception:  # noqa: BLE001 - a moved dataset: leave the slot empty
                 continue
-            canvas.paste(im, (side * (per_side * (thumb + 4) + 20) + j * (thumb + 4), 20))
+            canvas.paste(im, (x0 + j * (thumb + 4), top_h))
     canvas.save(path)
     return True
 

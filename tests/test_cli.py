@@ -314,3 +314,22 @@ def test_a_wheel_holds_the_recipes(tmp_path):
     names = zipfile.ZipFile(next(tmp_path.glob("fgvc-*.whl"))).namelist()
     for recipe in ("transfg/cub.yaml", "transfg/_base.yaml", "smoke/wsdan.yaml", "demo.yaml", "baseline/flowers17.yaml"):
         assert f"fgvc/configs/{recipe}" in names, recipe
+
+
+@pytest.mark.parametrize("method,backbone,expect", [
+    ("wsdan", "resnet18", "note: wsdan features: layer3 (stride 16, 256 channels; method.feature_layer 'Mixed_6e'"),
+    ("herbs", "efficientnet_lite0", "note: herbs levels (stages): blocks.2 8x8x40, blocks.4 4x4x112, blocks.6 2x2x320"),
+    ("herbs", "convnext_tiny", "note: herbs levels (stages): stages.1 8x8x192, stages.2 4x4x384, stages.3 2x2x768"),
+    ("pim", "efficientnet_lite0", "note: pim levels (stages): blocks.2"),
+    ("pim", "convnext_tiny", "note: pim levels (stages): stages.1"),
+])
+def test_a_methods_cub_recipe_trains_on_another_backbone_and_says_what_it_chose(method, backbone, expect, synth,
+                                                                                 tmp_path, capsys):
+    """The recipes name Inception-V3's Mixed_6e and Swin's merged levels; on other backbones the methods take
+    the equivalent stages and the run log names them."""
+    code, out, err = run(capsys, "train", "--method", method, "--dataset", "cub", "--data-root", synth,
+                         "--backbone", backbone, "model.pretrained=false", f"out={tmp_path / 'r'}", "data.img_size=64",
+                         "data.resize=72", "data.batch_size=4", "train.grad_accum=1", "train.steps=2",
+                         "data.num_workers=0", "eval.explain_samples=0", "device=cpu", "--quiet")
+    assert code == 0, err
+    assert expect in out, out

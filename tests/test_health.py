@@ -16,12 +16,14 @@ from fgvc.registry import list_methods
 
 
 
-def check(losses, accs, epoch=1, policy="stop", k=10):
-    c = LearningCheck(k, policy, "train.lr=0.1, new layers x10", "use a smaller rate", steps_per_epoch=8)
+def check(losses, accs, epoch=1, policy="stop", k=10, warmup=0, step=None, judged=False):
+    c = LearningCheck(k, policy, "train.lr=0.1, new layers x10", "use a smaller rate", steps_per_epoch=8,
+                      warmup_steps=warmup)
+    c.judged = judged
     c.start_epoch()
     for loss, acc in zip(losses, accs):
         c.add(torch.tensor(loss), torch.tensor(acc))
-    return c.end_of_epoch(epoch, DistInfo())
+    return c.end_of_epoch(epoch, DistInfo(), step)
 
 
 def test_a_diverging_first_epoch_stops_with_its_likely_cause():
@@ -34,7 +36,11 @@ def test_a_diverging_first_epoch_stops_with_its_likely_cause():
 
 def test_a_flat_loss_or_chance_accuracy_warns_and_a_learning_run_is_quiet():
     assert "has not fallen in the first epoch" in check([2.3] * 8, [10] * 8)
-    assert "near chance" in check([2.3, 2.2, 2.1, 2.0, 1.9, 1.8, 1.7, 1.6], [10] * 8, epoch=2)
+    assert "near chance" in check([2.3, 2.2, 2.1, 2.0, 1.9, 1.8, 1.7, 1.6], [10] * 8, epoch=2, judged=True)
+    # during the warm-up nothing is judged; the first epoch past it is judged as the first
+    assert check([2.3] * 8, [10] * 8, warmup=20, step=8) is None
+    assert "has not fallen in epoch 3 (the first after the warm-up)" in check([2.3] * 8, [10] * 8, epoch=3,
+                                                                              warmup=20, step=24)
     assert check([2.3, 2.2, 2.1, 2.0, 1.9, 1.8, 1.7, 1.6], [10, 20, 30, 40, 50, 50, 60, 60]) is None
 
 

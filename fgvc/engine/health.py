@@ -1,10 +1,10 @@
 """Is the run learning? A check at the end of each epoch, so a run that cannot learn says so at once instead
 of training to the end in silence.
 
-After the first epoch the mean training loss of its last steps is compared with that of its first steps:
-clearly higher (by half, and above ``log K``) with a training accuracy near chance means the run diverged
-and stops (``train.learning_check=stop``) or warns (``warn``); not lower means it warns. From the second
-epoch on, a training accuracy near chance warns. Every message names the likely cause: the learning rate
+After the first epoch that ends past the learning-rate warm-up, the mean training loss of its last steps
+is compared with that of its first steps: clearly higher (by half, and above ``log K``) with a training
+accuracy near chance means the run diverged and stops (``train.learning_check=stop``) or warns (``warn``);
+not lower means it warns. At later epochs, a training accuracy near chance warns. Every message names the likely cause: the learning rate
 for the method (with the method's own advice), or a frozen or mis-scaled head.
 """
 
@@ -31,8 +31,11 @@ class LearningCheck:
         steps_per_epoch: Optimizer steps in an epoch (sets how many steps count as 'first' and 'last').
     """
 
-    def __init__(self, num_classes: int, policy: str, lr_text: str, hint: str, steps_per_epoch: int):
+    def __init__(self, num_classes: int, policy: str, lr_text: str, hint: str, steps_per_epoch: int,
+                 warmup_steps: int = 0):
         self.k, self.policy, self.lr_text, self.hint = num_classes, policy, lr_text, hint
+        self.warmup_steps = warmup_steps
+        self.judged = False  # the first epoch past the warm-up has been judged
         self.n = max(1, min(10, steps_per_epoch // 4))
         self.first: list[torch.Tensor] = []
         self.last: deque = deque(maxlen=self.n)
@@ -49,12 +52,17 @@ class LearningCheck:
             self.first.append(pair)
         self.last.append(pair)
 
-    def end_of_epoch(self, epoch: int, info: DistInfo) -> Optional[str]:
-        """Judges the epoch that just ended (``epoch`` counts from 1); returns a warning, raises to stop.
+    def end_of_epoch(self, epoch: int, info: DistInfo, step: Optional[int] = None) -> Optional[str]:
+        """Judges the epoch that just ended (``epoch`` counts from 1; ``step``: optimizer steps so far); returns
+        a warning, raises to stop.
 
         A collective on every rank, so that all ranks reach the same verdict."""
         if self.policy == "ignore" or not self.first or not self.last:
             return None
+        if step is not None and step <= self.warmup_steps:  # the rate is still rising: too early to judge
+            return None
+        first_judged = not self.judged
+        self.judged = True
         vec = torch.cat([torch.stack(self.first).mean(0), torch.stack(list(self.last)).mean(0)]).to(info.device)
         first_loss, _, last_loss, acc = (all_reduce_sum(vec, info) / info.world_size).tolist()
         chance = 100.0 / self.k
@@ -62,15 +70,16 @@ class LearningCheck:
         cause = (f"likely cause: the learning rate ({self.lr_text}) is too high for this method"
                  + (f"; {self.hint}" if self.hint else ""))
         message = None
-        if epoch == 1 and last_loss > 1.5 * first_loss and last_loss > math.log(self.k) and near_chance:
-            message = (f"the training loss rose from {first_loss:.3g} to {last_loss:.3g} in the first epoch and the "
+        which = "the first epoch" if epoch == 1 else f"epoch {epoch} (the first after the warm-up)"
+        if first_judged and last_loss > 1.5 * first_loss and last_loss > math.log(self.k) and near_chance:
+            message = (f"the training loss rose from {first_loss:.3g} to {last_loss:.3g} in {which} and the "
                        f"training accuracy is {acc:.1f}% (chance {chance:.1f}%): the run is not learning; {cause}")
             if self.policy == "stop":
                 raise TrainingError(message + " (train.learning_check=warn trains on anyway)")
-        elif epoch == 1 and last_loss >= first_loss:
-            message = (f"the training loss has not fallen in the first epoch ({first_loss:.3g} -> {last_loss:.3g}); "
+        elif first_judged and last_loss >= first_loss:
+            message = (f"the training loss has not fallen in {which} ({first_loss:.3g} -> {last_loss:.3g}); "
                        f"{cause}, or too low for the head to move (check train.lr and train.head_lr_scale)")
-        elif epoch >= 2 and near_chance and "chance" not in self.warned:
+        elif not first_judged and near_chance and "chance" not in self.warned:
             self.warned.add("chance")
             message = (f"after {epoch} epochs the training accuracy is {acc:.1f}%, near chance ({chance:.1f}%); "
                        f"{cause}, or the head does not train (train.head_lr_scale)")

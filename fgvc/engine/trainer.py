@@ -160,7 +160,7 @@ class Trainer:
                                      compile_options=t.compile_options)
         self.learning = LearningCheck(self.index.num_classes, t.learning_check,
                                       f"train.lr={t.lr:g}, new layers x{t.head_lr_scale:g}",
-                                      type(self.model).lr_hint, self.steps_per_epoch)
+                                      type(self.model).lr_hint, self.steps_per_epoch, t.warmup_steps)
 
     def _check_images(self) -> None:
         bad = self._rank0_first(lambda: check_images(self.splits.train + self.splits.val + self.splits.test),
@@ -487,7 +487,7 @@ class Trainer:
 
     def _end_of_epoch(self) -> None:
         c = self.cfg
-        warning = self.learning.end_of_epoch(self.epoch, self.info)
+        warning = self.learning.end_of_epoch(self.epoch, self.info, self.step)
         if warning and self.info.is_main:
             print(f"warning: {warning}")
             self.log.write({"kind": "warning", "step": self.step, "epoch": self.epoch, "message": warning})
