@@ -4,8 +4,9 @@ of training to the end in silence.
 After the first epoch that ends past the learning-rate warm-up, the mean training loss of its last steps
 is compared with that of its first steps: clearly higher (by half, and above ``log K``) with a training
 accuracy near chance means the run diverged and stops (``train.learning_check=stop``) or warns (``warn``);
-not lower means it warns. At later epochs, a training accuracy near chance warns. Every message names the likely cause: the learning rate
-for the method (with the method's own advice), or a frozen or mis-scaled head.
+not lower means it warns. At later epochs, a training accuracy near chance warns. Every message names the
+likely cause: the learning rate for the method (with the method's own advice), too high, or too low for
+the new layers to move.
 """
 
 from __future__ import annotations
@@ -67,20 +68,21 @@ class LearningCheck:
         first_loss, _, last_loss, acc = (all_reduce_sum(vec, info) / info.world_size).tolist()
         chance = 100.0 / self.k
         near_chance = not math.isnan(acc) and acc <= 1.5 * chance
-        cause = (f"likely cause: the learning rate ({self.lr_text}) is too high for this method"
-                 + (f"; {self.hint}" if self.hint else ""))
+        hint = f"; {self.hint}" if self.hint else ""
+        too_high = f"likely cause: the learning rate ({self.lr_text}) is too high for this method{hint}"
+        either = (f"likely cause: the learning rate ({self.lr_text}), too high for this method or too low for its "
+                  f"new layers to move (train.head_lr_scale){hint}")
         message = None
         which = "the first epoch" if epoch == 1 else f"epoch {epoch} (the first after the warm-up)"
         if first_judged and last_loss > 1.5 * first_loss and last_loss > math.log(self.k) and near_chance:
             message = (f"the training loss rose from {first_loss:.3g} to {last_loss:.3g} in {which} and the "
-                       f"training accuracy is {acc:.1f}% (chance {chance:.1f}%): the run is not learning; {cause}")
+                       f"training accuracy is {acc:.1f}% (chance {chance:.1f}%): the run is not learning; {too_high}")
             if self.policy == "stop":
                 raise TrainingError(message + " (train.learning_check=warn trains on anyway)")
         elif first_judged and last_loss >= first_loss:
-            message = (f"the training loss has not fallen in {which} ({first_loss:.3g} -> {last_loss:.3g}); "
-                       f"{cause}, or too low for the head to move (check train.lr and train.head_lr_scale)")
+            message = f"the training loss has not fallen in {which} ({first_loss:.3g} -> {last_loss:.3g}); {either}"
         elif not first_judged and near_chance and "chance" not in self.warned:
             self.warned.add("chance")
             message = (f"after {epoch} epochs the training accuracy is {acc:.1f}%, near chance ({chance:.1f}%); "
-                       f"{cause}, or the head does not train (train.head_lr_scale)")
+                       f"{either}")
         return message
