@@ -59,4 +59,5 @@ def test_each_part_switched_on_changes_the_run():
     for method, key, value in (("rams_trans", "scales", 2), ("transfg", "part_select", True),
                                ("transfg", "embed_dropout", 0.1)):
         options = {**PLAIN[method], key: value}
-        assert not torch.allclose(torch.tensor(losses(method, **options)), plain, rtol=1e-5, atol=1e-6), (method, key)
+        got = torch.tensor(losses(method, steps=2, **options))
+        assert not torch.allclose(got, plain[:2], rtol=1e-5, atol=1e-6), (method, key)
