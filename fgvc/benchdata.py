@@ -180,6 +180,9 @@ def main(sets: list[str], data: Optional[str], out: str, mode: str, epochs: Opti
     for f in (LITE0, VIT_TINY):
         if not (root / f).is_file():
             raise FgvcError(f"missing weight file {root / f}")
+    bad = [s for s in sets if s not in SETS]
+    if bad:
+        raise FgvcError(f"unknown set(s) {bad}; the sets: {', '.join(SETS)}")
     names = only or [n for s in sets for n in SETS[s]]
     unknown = [n for n in names if n not in RUNS]
     if unknown:

@@ -280,7 +280,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_bench_data(args: argparse.Namespace) -> int:
     from .benchdata import main as bench_data
 
-    rows = bench_data(args.sets, args.data, args.out, args.mode, args.epochs, args.parallel, args.device,
+    rows = bench_data(args.sets or ["cnn"], args.data, args.out, args.mode, args.epochs, args.parallel, args.device,
                       only=args.run)
     print((Path(args.out) / "table.md").read_text())
     return 0 if all("top1" in r for r in rows) else 1
@@ -497,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     bd = command("bench-data", "the real-data benchmark: 17 Flowers with ImageNet Lite0 and ViT-Tiny (shared data)",
                  "Train the methods' flowers17 recipes on the project's shared real data and write a table "
                  "(OUT/table.md, OUT/results.jsonl). A rerun skips the runs already in results.jsonl.")
-    bd.add_argument("sets", nargs="*", default=["cnn"], choices=["cnn", "vit", "ablations", "lr"], metavar="SET",
+    bd.add_argument("sets", nargs="*", metavar="SET",
                     help="cnn (baseline, dbgce, wsdan, pim, herbs on Lite0), vit (ViT-Tiny, TransFG, RAMS-Trans), "
                     "ablations (ViT methods, one difference at a time), lr (PIM and HERBS at a fine-tuning rate); "
                     "default: cnn")

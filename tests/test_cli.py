@@ -333,3 +333,16 @@ def test_a_methods_cub_recipe_trains_on_another_backbone_and_says_what_it_chose(
                          "data.num_workers=0", "eval.explain_samples=0", "device=cpu", "--quiet")
     assert code == 0, err
     assert expect in out, out
+
+
+def test_bench_data_errors_are_one_line(capsys, tmp_path):
+    # no SET parses (the default set), and the missing data folder is named in one line
+    code, _, err = run(capsys, "bench-data", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "bd"))
+    assert code == 1 and "no shared data found" in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "d" / "flowers17").mkdir(parents=True)
+    for f in ("efficientnet_lite0_in1k.safetensors", "vit_tiny_patch16_224_in1k.safetensors"):
+        (tmp_path / "d" / f).write_bytes(b"")
+    code, _, err = run(capsys, "bench-data", "cnnn", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "bd"))
+    assert code == 1 and "unknown set(s) ['cnnn']" in err and "cnn, vit" in err
+    code, _, err = run(capsys, "bench-data", "--run", "nope", "--data", str(tmp_path / "d"))
+    assert code == 1 and "unknown run(s) ['nope']" in err
