@@ -13,7 +13,8 @@ says how) in its own process, with the data and weight files filled in:
 cores); ``--mode gpu`` the CNNs at 448 px and the ViTs at 224 px with the recipes' budgets, several runs at
 once on one GPU. Results are
 appended to ``OUT/results.jsonl`` as each run ends (a rerun skips what is there) and summarized in
-``OUT/table.md``: method, test top-1, mean per-class accuracy, training images/s, minutes.
+``OUT/table.md``: method, test top-1, mean per-class accuracy, training images/s, minutes; ``OUT/curves_*.png``
+plots the runs' training curves side by side, one figure per backbone.
 """
 
 from __future__ import annotations
@@ -156,7 +157,22 @@ def run_all(names: list[str], data: Path, out: Path, mode: str = "cpu", epochs: 
             log(f"finished {name}: {verdict} in {minutes:.1f} min")
     rows = [done[n] for n in names if n in done]
     (out / "table.md").write_text(table(rows))
+    plot_curves([r["name"] for r in rows], out)
     return rows
+
+
+def plot_curves(names: list[str], out: Path) -> list[Path]:
+    """``OUT/curves_<backbone>.png``: the runs on one backbone side by side (loss and training accuracy)."""
+    from .engine.runlog import read_metrics
+    from .report import plot_run_comparison
+
+    written = []
+    for weights, label in ((LITE0, "lite0"), (VIT_TINY, "vit_tiny")):
+        group = {n: read_metrics(out / "runs" / n.replace(" ", "_")) for n in names if RUNS[n][1] == weights}
+        path = out / f"curves_{label}.png"
+        if group and plot_run_comparison(group, path, f"17 Flowers, {label}: training curves"):
+            written.append(path)
+    return written
 
 
 def table(rows: list[dict[str, Any]]) -> str:

@@ -126,6 +126,38 @@ def plot_curves(records: list[dict[str, Any]], path: Path) -> bool:
     return True
 
 
+def plot_run_comparison(runs: dict[str, list[dict[str, Any]]], path: Path, title: str = "") -> bool:
+    """Several runs side by side: each run's classification loss (its first ``cls`` term: the main or first
+    scale's cross-entropy, without auxiliary terms) and running training accuracy against the step."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    drawn = False
+    for name, records in runs.items():
+        train = [r for r in records if r.get("kind") == "train"]
+        term = next((k for k in (train[0] if train else {}) if k.startswith("cls")), "loss")
+        if not train:
+            continue
+        steps = [r["step"] for r in train]
+        style = dict(lw=2.2, color="black") if name in ("vit", "baseline") else dict(lw=1.2)
+        axes[0].plot(steps, [r.get(term, np.nan) for r in train], label=name, **style)
+        axes[1].plot(steps, [r.get("train_acc", np.nan) for r in train], label=name, **style)
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return False
+    axes[0].set(title="training classification loss (first cls term)", xlabel="step", yscale="log")
+    axes[1].set(title="training accuracy, running (%)", xlabel="step", ylim=(0, 100))
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc="lower right")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
 def confused_block(confusion: np.ndarray, limit: int = MAX_MATRIX) -> np.ndarray:
     """The classes to show: all up to ``limit``, else the ``limit`` classes in the most confusions."""
     k = len(confusion)

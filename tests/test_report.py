@@ -74,3 +74,16 @@ def test_the_confusion_picture_keeps_all_classes_up_to_sixty_then_the_most_confu
     big[7, 3] = big[50, 51] = 4
     keep = confused_block(big)
     assert len(keep) == 60 and {3, 7, 50, 51} <= set(keep.tolist())
+
+
+def test_runs_side_by_side_plot_each_runs_classification_loss(tmp_path):
+    from fgvc.report import plot_run_comparison
+
+    def records(term, start):
+        return [{"kind": "train", "step": s, term: start / s, "loss": 9.0, "train_acc": float(s)} for s in (1, 2, 3)]
+
+    path = tmp_path / "c.png"
+    assert plot_run_comparison({"vit": records("cls", 3.0), "rams": records("cls_scale1", 4.0)}, path)
+    img = np.asarray(Image.open(path).convert("L"))
+    assert img.shape[1] > 800 and img.std() > 10  # a drawn figure, not a blank canvas
+    assert not plot_run_comparison({"empty": []}, tmp_path / "none.png") and not (tmp_path / "none.png").exists()
