@@ -249,12 +249,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if set(model) - {"backbone_args"}:
         raise FgvcError("bench takes method.KEY=VALUE and model.backbone_args.KEY=VALUE settings")
     out = Path(args.out) if args.out else None
+    if args.profile and out is None:
+        raise FgvcError("--profile writes its trace into --out: name the folder")
     r = bench(args.method, args.backbone, img_size=args.img_size, batch=args.batch, steps=args.steps,
               warmup=args.warmup, device=args.device, amp=args.amp, channels_last=args.channels_last,
               compile=args.compile, num_classes=args.classes, infer_batch=args.infer_batch,
               loader_workers=args.loader_workers, method_options=extra.get("method"),
               backbone_args=model.get("backbone_args"), plain=args.plain,
-              profile=(out / "profile") if out and args.profile else None)
+              profile=(out / "profile") if args.profile else None)
+    if args.profile:
+        print(f"profile: {out / 'profile'}", file=sys.stderr)
     if args.json:
         print(json.dumps(r))
     else:

@@ -346,3 +346,15 @@ def test_bench_data_errors_are_one_line(capsys, tmp_path):
     assert code == 1 and "unknown set(s) ['cnnn']" in err and "cnn, vit" in err
     code, _, err = run(capsys, "bench-data", "--run", "nope", "--data", str(tmp_path / "d"))
     assert code == 1 and "unknown run(s) ['nope']" in err
+
+
+def test_bench_profile_writes_a_trace_and_an_op_table(capsys, tmp_path):
+    code, _, err = run(capsys, "bench", "baseline", "--backbone", "test_resnet", "--profile")
+    assert code == 1 and "--out" in err and len(err.strip().splitlines()) == 1
+    code, _, _ = run(capsys, "bench", "baseline", "--backbone", "test_resnet", "--img-size", "32", "--batch", "2",
+                     "--steps", "1", "--warmup", "1", "--device", "cpu", "--loader-workers", "-1", "--json",
+                     "--profile", "--out", str(tmp_path))
+    traces = list((tmp_path / "profile").glob("*.trace.json"))
+    tables = list((tmp_path / "profile").glob("*.txt"))
+    assert code == 0 and len(traces) == 1 and len(tables) == 1
+    assert json.loads(traces[0].read_text())["traceEvents"] and "Self CPU" in tables[0].read_text()
