@@ -503,7 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
                  "(OUT/table.md, OUT/results.jsonl). A rerun skips the runs already in results.jsonl.")
     bd.add_argument("sets", nargs="*", metavar="SET",
                     help="cnn (baseline, dbgce, wsdan, pim, herbs on Lite0), vit (ViT-Tiny, TransFG, RAMS-Trans), "
-                    "ablations (ViT methods, one difference at a time), lr (PIM and HERBS at a fine-tuning rate); "
+                    "ablations (ViT methods, one difference at a time), lr (PIM and HERBS at their official rate); "
                     "default: cnn")
     bd.add_argument("--run", action="append", help="only this run (repeatable; see fgvc/benchdata.py); default: the "
                     "SETs' runs")
