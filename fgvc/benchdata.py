@@ -6,8 +6,8 @@ says how) in its own process, with the data and weight files filled in:
 
 - ``cnn``: baseline, DB + GCE, WS-DAN, PIM and HERBS on EfficientNet-Lite0;
 - ``vit``: plain ViT-Tiny fine-tuning, TransFG and RAMS-Trans;
-- ``ablations``: the ViT methods with one difference from the plain ViT switched at a time (dropout, scales,
-  part layer, patch stride, contrastive term, head initialization);
+- ``ablations``: the ViT methods in their official setting (dropout 0.1), then with one difference from it at a
+  time (scales, part layer, patch stride, contrastive term, head initialization); the plain ViT's head init;
 - ``lr``: PIM and HERBS with their official learning rate instead of their flowers17 recipes' fine-tuning rate.
 
 ``--mode cpu`` trains at 160 px (CNNs) and 224 px (ViTs) with short budgets (the CNN set within an hour on 2
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -33,6 +34,8 @@ from .errors import FgvcError
 LITE0 = "efficientnet_lite0_in1k.safetensors"
 VIT_TINY = "vit_tiny_patch16_224_in1k.safetensors"
 
+OFFICIAL_DROPOUT = ["method.embed_dropout=0.1", "method.mlp_dropout=0.1"]  # TransFG's and RAMS-Trans's codes
+
 # name -> (recipe, weight file, extra settings)
 RUNS: dict[str, tuple[str, str, list[str]]] = {
     "baseline": ("baseline/flowers17", LITE0, []),
@@ -43,17 +46,20 @@ RUNS: dict[str, tuple[str, str, list[str]]] = {
     "vit": ("baseline/flowers17_vit", VIT_TINY, []),
     "transfg": ("transfg/flowers17", VIT_TINY, []),
     "rams_trans": ("rams_trans/flowers17", VIT_TINY, []),
-    # issue 16's ablations: one difference from the plain ViT at a time
+    # the ablations: the ViT methods in the official setting (dropout 0.1), one difference from it at a time;
+    # the flowers17 recipes differ from it in the dropout alone (0)
     "vit head trunc_normal": ("baseline/flowers17_vit", VIT_TINY, ["model.head_init=trunc_normal"]),
-    "transfg dropout 0": ("transfg/flowers17", VIT_TINY, ["method.embed_dropout=0", "method.mlp_dropout=0"]),
-    "transfg part layer pretrained": ("transfg/flowers17", VIT_TINY, ["method.part_layer_init=pretrained"]),
-    "transfg stride 16": ("transfg/flowers17", VIT_TINY, ["method.slide_step=16"]),
-    "transfg no contrastive": ("transfg/flowers17", VIT_TINY, ["method.contrastive_weight=0"]),
-    "transfg head trunc_normal": ("transfg/flowers17", VIT_TINY, ["model.head_init=trunc_normal"]),
-    "rams_trans dropout 0": ("rams_trans/flowers17", VIT_TINY, ["method.embed_dropout=0", "method.mlp_dropout=0"]),
+    "transfg dropout 0.1": ("transfg/flowers17", VIT_TINY, OFFICIAL_DROPOUT),
+    "transfg dropout 0.1, part layer pretrained": ("transfg/flowers17", VIT_TINY,
+                                                   OFFICIAL_DROPOUT + ["method.part_layer_init=pretrained"]),
+    "transfg dropout 0.1, stride 16": ("transfg/flowers17", VIT_TINY, OFFICIAL_DROPOUT + ["method.slide_step=16"]),
+    "transfg dropout 0.1, no contrastive": ("transfg/flowers17", VIT_TINY,
+                                            OFFICIAL_DROPOUT + ["method.contrastive_weight=0"]),
+    "transfg dropout 0.1, head trunc_normal": ("transfg/flowers17", VIT_TINY,
+                                               OFFICIAL_DROPOUT + ["model.head_init=trunc_normal"]),
+    "rams_trans dropout 0.1": ("rams_trans/flowers17", VIT_TINY, OFFICIAL_DROPOUT),
+    "rams_trans dropout 0.1, 1 scale": ("rams_trans/flowers17", VIT_TINY, OFFICIAL_DROPOUT + ["method.scales=1"]),
     "rams_trans 1 scale": ("rams_trans/flowers17", VIT_TINY, ["method.scales=1"]),
-    "rams_trans 1 scale dropout 0": ("rams_trans/flowers17", VIT_TINY, ["method.scales=1", "method.embed_dropout=0",
-                                                                        "method.mlp_dropout=0"]),
     # PIM and HERBS with their official rate (5e-4 for every layer, no clipping) instead of their flowers17
     # recipes' fine-tuning rate: the official rate suits the official 18,700 (PIM) and 60,000 (HERBS) CUB steps
     # from Swin-L, not a few hundred from Lite0
@@ -67,6 +73,12 @@ SETS = {"cnn": ["baseline", "dbgce", "wsdan", "pim", "herbs"], "vit": ["vit", "t
 # mode -> (CNN size, ViT size, CNN epochs, ViT epochs); None keeps the recipe's budget. The ViT-Tiny runs stay at
 # its own 224 px: the questions about the ViT methods are about learning, not resolution.
 MODES = {"cpu": (160, 224, 10, 5), "gpu": (448, 224, None, None)}
+
+
+def slug(name: str) -> str:
+    """A run's folder and log name: its name with every run of other characters than letters, digits, dots
+    and dashes made one underscore."""
+    return re.sub(r"[^\w.-]+", "_", name)
 
 
 def default_data() -> Optional[Path]:
@@ -126,10 +138,10 @@ def run_all(names: list[str], data: Path, out: Path, mode: str = "cpu", epochs: 
     while todo or running:
         while todo and len(running) < parallel:
             name = todo.pop(0)
-            run_dir = out / "runs" / name.replace(" ", "_")
+            run_dir = out / "runs" / slug(name)
             cmd = [sys.executable, "-m", "fgvc", "train", *settings(name, data, mode, epochs, workers, device),
                    f"out={run_dir}", "--quiet", "--json", "--resume", "auto"]
-            log_fh = open(out / f"{name.replace(' ', '_')}.log", "w")
+            log_fh = open(out / f"{slug(name)}.log", "w")
             env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // parallel))}
             running.append((name, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_fh, text=True, env=env),
                             time.time(), log_fh))
@@ -150,8 +162,8 @@ def run_all(names: list[str], data: Path, out: Path, mode: str = "cpu", epochs: 
                 test = json.loads(lines[-1])
                 result.update(top1=test["top1"], mean_class_acc=test["mean_class_acc"])
             else:
-                result["error"] = (out / f"{name.replace(' ', '_')}.log").read_text().strip().splitlines()[-1:]
-            result.update(summarize(out / "runs" / name.replace(" ", "_")))
+                result["error"] = (out / f"{slug(name)}.log").read_text().strip().splitlines()[-1:]
+            result.update(summarize(out / "runs" / slug(name)))
             with open(results_file, "a") as fh:
                 fh.write(json.dumps(result) + "\n")
             done[name] = result
@@ -170,7 +182,7 @@ def plot_curves(names: list[str], out: Path) -> list[Path]:
 
     written = []
     for weights, label in ((LITE0, "lite0"), (VIT_TINY, "vit_tiny")):
-        group = {n: read_metrics(out / "runs" / n.replace(" ", "_")) for n in names if RUNS[n][1] == weights}
+        group = {n: read_metrics(out / "runs" / slug(n)) for n in names if RUNS[n][1] == weights}
         path = out / f"curves_{label}.png"
         if group and plot_run_comparison(group, path, f"17 Flowers, {label}: training curves"):
             written.append(path)
