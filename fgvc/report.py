@@ -146,7 +146,7 @@ def plot_run_comparison(runs: dict[str, list[dict[str, Any]]], path: Path, title
     if not drawn:
         plt.close(fig)
         return False
-    axes[0].set(title="training classification loss (first cls term)", xlabel="step", yscale="log")
+    axes[0].set(title="training loss: the first cls term, or the total", xlabel="step", yscale="log")
     axes[1].set(title="training accuracy, running (%)", xlabel="step", ylim=(0, 100))
     for ax in axes:
         ax.grid(alpha=0.3)
