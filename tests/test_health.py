@@ -58,3 +58,43 @@ def test_every_smoke_recipe_learns(method, smoke_run):
     records = [json.loads(x) for x in (smoke_run(method) / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if r["kind"] == "train"]
     assert len(losses) >= 2 and losses[-1] < losses[0], losses
+
+
+def test_an_epoch_resumed_in_its_middle_is_not_judged():
+    from fgvc.engine.health import LearningCheck
+
+    check = LearningCheck(4, "stop", "train.lr=1", "", steps_per_epoch=8)
+    info = DistInfo()
+    for partial, expect_raise in ((True, False), (False, True)):
+        check.start_epoch(partial=partial)
+        for i in range(8):  # a rising loss at chance: stops when judged
+            check.add(torch.tensor(1.0 + i), torch.tensor(25.0))
+        if expect_raise:
+            with pytest.raises(TrainingError):
+                check.end_of_epoch(2, info, step=16)
+        else:
+            assert check.end_of_epoch(1, info, step=8) is None
+
+
+class _Dispositions(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        import signal
+
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        return torch.tensor([signal.getsignal(signal.SIGTERM) == signal.SIG_IGN, signal.SIGTERM in blocked])
+
+
+def test_workers_start_deaf_then_ignore_sigterm_and_the_main_process_keeps_its_mask():
+    import signal
+
+    from fgvc.data.dataset import leave_signals_to_the_main_process, start_workers
+
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    loader = torch.utils.data.DataLoader(_Dispositions(), batch_size=1, num_workers=1,
+                                         worker_init_fn=leave_signals_to_the_main_process)
+    rows = torch.cat(list(start_workers(loader)))
+    assert rows[:, 0].all() and not rows[:, 1].any()  # ignored, and no longer blocked, in the worker
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before

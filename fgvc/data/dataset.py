@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import signal
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import torch
 from PIL import Image, ImageFile
@@ -63,6 +63,24 @@ def leave_signals_to_the_main_process(worker_id: int = 0) -> None:
     """
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, DEAF)  # blocked by start_workers until now: pending ones drop
+
+
+DEAF = {signal.SIGTERM, signal.SIGINT}
+
+
+def start_workers(loader: Iterable) -> Iterator:
+    """``iter(loader)`` with SIGTERM and SIGINT blocked while the workers start.
+
+    A worker forked from this process inherits the block, so a signal to the process group that arrives
+    before its ``worker_init_fn`` has run (torch's worker loop first installs a SIGTERM handler that dies of
+    a signal from anyone but the parent) stays pending and is then ignored; in this process it is delivered
+    to the run's own handler once the block is lifted."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, DEAF)
+    try:
+        return iter(loader)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

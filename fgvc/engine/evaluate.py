@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from ..data.dataset import ImageDataset, leave_signals_to_the_main_process
+from ..data.dataset import ImageDataset, leave_signals_to_the_main_process, start_workers
 from ..data.records import Record
 from .distributed import DistInfo, gather_objects
 from .precision import autocast
@@ -48,7 +48,7 @@ def predict_split(model: nn.Module, records: Sequence[Record], transform: Callab
                             worker_init_fn=leave_signals_to_the_main_process,
                             generator=torch.Generator().manual_seed(0))  # leaves the global RNG alone
         try:
-            for images, labels, idx, bad in loader:
+            for images, labels, idx, bad in start_workers(loader):
                 images = images.to(device, non_blocking=True)
                 if channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)

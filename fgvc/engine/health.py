@@ -41,9 +41,12 @@ class LearningCheck:
         self.first: list[torch.Tensor] = []
         self.last: deque = deque(maxlen=self.n)
         self.warned: set[str] = set()
+        self.partial = False
 
-    def start_epoch(self) -> None:
+    def start_epoch(self, partial: bool = False) -> None:
+        """``partial``: the epoch resumes in its middle, so its first steps are not the epoch's: not judged."""
         self.first, self.last = [], deque(maxlen=self.n)
+        self.partial = partial
 
     def add(self, loss: torch.Tensor, accuracy: Optional[torch.Tensor]) -> None:
         """One optimizer step's loss and training accuracy (tensors; no synchronization here)."""
@@ -58,7 +61,7 @@ class LearningCheck:
         a warning, raises to stop.
 
         A collective on every rank, so that all ranks reach the same verdict."""
-        if self.policy == "ignore" or not self.first or not self.last:
+        if self.policy == "ignore" or not self.first or not self.last or self.partial:
             return None
         if step is not None and step <= self.warmup_steps:  # the rate is still rising: too early to judge
             return None

@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader
 
 from ..config import RunConfig, absolute_paths, save_config, to_dict
 from ..data import build_index, check_images, make_splits
-from ..data.dataset import ImageDataset, leave_signals_to_the_main_process
+from ..data.dataset import ImageDataset, leave_signals_to_the_main_process, start_workers
 from ..data.transforms import Preprocess, build_train_transform, normalization
 from ..errors import EXIT_PREEMPTED, CheckpointError, ConfigError, DataError, FgvcError, Preempted, TrainingError
 from ..losses import build_criterion
@@ -343,9 +343,9 @@ class Trainer:
         window, window_start = Window(), time.perf_counter()
         while self.step < self.total_steps:
             self.model.on_epoch_start(self.epoch, self.total_epochs)
-            self.learning.start_epoch()
+            self.learning.start_epoch(partial=self.batches_in_epoch > 0)
             self.sampler.set_epoch(self.epoch, start=self.batches_in_epoch * self.cfg.data.batch_size)
-            batches = iter(self._loader())
+            batches = start_workers(self._loader())
             while self.batches_in_epoch < self.micro_per_epoch and self.step < self.total_steps:
                 stop, gnorm = self._optimizer_step(batches, window)
                 self.step += 1
