@@ -184,7 +184,8 @@ def plot_curves(names: list[str], out: Path) -> list[Path]:
     for weights, label in ((LITE0, "lite0"), (VIT_TINY, "vit_tiny")):
         group = {n: read_metrics(out / "runs" / slug(n)) for n in names if RUNS[n][1] == weights}
         path = out / f"curves_{label}.png"
-        if group and plot_run_comparison(group, path, f"17 Flowers, {label}: training curves"):
+        if group and plot_run_comparison(group, path, f"17 Flowers, {label}: training curves",
+                                         reference=("baseline", "vit")):
             written.append(path)
     return written
 

@@ -126,20 +126,22 @@ def plot_curves(records: list[dict[str, Any]], path: Path) -> bool:
     return True
 
 
-def plot_run_comparison(runs: dict[str, list[dict[str, Any]]], path: Path, title: str = "") -> bool:
+def plot_run_comparison(runs: dict[str, list[dict[str, Any]]], path: Path, title: str = "",
+                        reference: Sequence[str] = ()) -> bool:
     """Several runs side by side: each run's classification loss (its first ``cls`` term: the main or first
-    scale's cross-entropy, without auxiliary terms) and running training accuracy against the step."""
+    scale's cross-entropy, without auxiliary terms) and running training accuracy against the step. The
+    ``reference`` runs are drawn in thick black."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     drawn = False
     colors = plt.get_cmap("tab20" if len(runs) > 10 else "tab10").colors
     for i, (name, records) in enumerate(runs.items()):
         train = [r for r in records if r.get("kind") == "train"]
-        term = next((k for k in (train[0] if train else {}) if k.startswith("cls")), "loss")
         if not train:
             continue
+        term = next((k for k in train[0] if k.startswith("cls")), "loss")
         steps = [r["step"] for r in train]
-        style = dict(lw=2.2, color="black") if name in ("vit", "baseline") else dict(lw=1.2, color=colors[i % len(colors)])
+        style = dict(lw=2.2, color="black") if name in reference else dict(lw=1.2, color=colors[i % len(colors)])
         axes[0].plot(steps, [r.get(term, np.nan) for r in train], label=name, **style)
         axes[1].plot(steps, [r.get("train_acc", np.nan) for r in train], label=name, **style)
         drawn = True

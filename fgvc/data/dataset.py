@@ -54,6 +54,9 @@ def image_size(path: str, crop_bottom: int = 0) -> tuple[int, int]:
         return im.width, max(1, im.height - crop_bottom) if crop_bottom else im.height
 
 
+DEAF = {signal.SIGTERM, signal.SIGINT}  # what a batch scheduler or a terminal sends the whole process group
+
+
 def leave_signals_to_the_main_process(worker_id: int = 0) -> None:
     """``worker_init_fn`` of every fgvc DataLoader: workers ignore SIGTERM and SIGINT.
 
@@ -61,12 +64,9 @@ def leave_signals_to_the_main_process(worker_id: int = 0) -> None:
     died of it would make the main process fail with "DataLoader worker ... killed by signal" before it could
     save; ignoring it, they keep serving until the main process has saved and shuts them down.
     """
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for sig in DEAF:
+        signal.signal(sig, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, DEAF)  # blocked by start_workers until now: pending ones drop
-
-
-DEAF = {signal.SIGTERM, signal.SIGINT}
 
 
 def start_workers(loader: Iterable) -> Iterator:
