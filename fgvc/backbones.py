@@ -407,11 +407,14 @@ class StageFeatures(nn.Module):
         self.pretrained_cfg = dict(getattr(model, "pretrained_cfg", None) or {})
         self.nhwc = getattr(model, "output_fmt", "NCHW") == "NHWC"
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, upto: Optional[int] = None) -> list[torch.Tensor]:
+        """The stages' maps; with ``upto`` (a position in :attr:`indices`) only the first ``upto + 1`` of them,
+        the layers after that stage left out where timm allows it."""
+        indices = self.indices if upto is None else self.indices[: upto + 1]
         if self.via == "intermediates":
-            return self.model.forward_intermediates(x, indices=self.indices, intermediates_only=True,
+            return self.model.forward_intermediates(x, indices=indices, intermediates_only=True,
                                                     output_fmt="NCHW", stop_early=True)
-        maps = list(self.model(x))
+        maps = list(self.model(x))[: len(indices)]
         return [m.permute(0, 3, 1, 2) for m in maps] if self.nhwc else maps
 
 
@@ -432,3 +435,29 @@ def create_stage_backbone(name: str, indices: Sequence[int], **kwargs: Any) -> S
         raise ConfigError(f"{name} gives no multi-stage features in timm {timm.__version__} "
                           f"({e.__class__.__name__}: {e})") from None
     return StageFeatures(model, indices, "features_only")
+
+
+def remove_stage_stride(model: nn.Module, module: str) -> list[str]:
+    """Sets every stride-2 convolution inside ``model.<module>`` (one stage) to stride 1, so that the stage keeps
+    the resolution of its input, without dilation: CAL's ResNet-101, whose last stage runs at stride 16. The
+    pretrained kernels are reused as they are. Returns the names of the convolutions changed (none: the stage
+    does not downsample by convolutions of its own)."""
+    changed = []
+    for name, m in model.get_submodule(module).named_modules():
+        if isinstance(m, nn.Conv2d) and tuple(m.stride) == (2, 2):
+            m.stride = (1, 1)
+            changed.append(f"{module}.{name}")
+    return changed
+
+
+def forward_flops(name: str, img_size: int, **kwargs: Any) -> float:
+    """Forward FLOPs of the whole timm model for one image at ``img_size``, counted on the meta device (no
+    memory, no weights): what a method's own layers are budgeted against (HERBS's pyramid, PMG's heads)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), torch.device("meta"):
+        model = create_backbone(name, img_size=img_size, **kwargs)
+        with FlopCounterMode(display=False) as counter:
+            model(torch.empty(1, 3, img_size, img_size))
+    return float(counter.get_total_flops())
+

@@ -152,10 +152,12 @@ def measure(s: BenchSetting, steps: int = 20, warmup: int = 5, device: str = "au
     losses = []
 
     def train_step(i: int) -> None:
-        ctx = StepContext(step=i, epoch=0, total_steps=steps + warmup, total_epochs=1, criterion=criterion)
-        out = forward_backward(step, x, y, ctx, dev, dtype)
-        clip_gradients(params, 1.0, opt)
-        apply_update(opt)
+        for phase in range(model.update_phases()):  # the method's updates on one batch (PMG: four)
+            ctx = StepContext(step=i, epoch=0, total_steps=steps + warmup, total_epochs=1, criterion=criterion,
+                              phase=phase)
+            out = forward_backward(step, x, y, ctx, dev, dtype)
+            clip_gradients(params, 1.0, opt)
+            apply_update(opt)
         losses.append(out.loss.detach())
 
     model.train()

@@ -48,10 +48,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .engine.trainer import train
     from .recipes import recipe_path, resolve_recipe
 
-    files = [x for x in args.items if "=" not in x]
-    if len(files) > 1:
-        raise FgvcError(f"one recipe or config at most, got {', '.join(files)}")
-    config = resolve_recipe(files[0]) if files else None
+    configs = [resolve_recipe(x) for x in args.items if "=" not in x]  # merged in order: recipe, dataset file
     overrides = _settings([x for x in args.items if "=" in x])
     base: dict = {}
     for section, key, value in (("model", "method", args.method), ("model", "backbone", args.backbone),
@@ -62,13 +59,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         base["out"] = args.out
     if args.device:
         base["device"] = args.device
-    if config is None and args.method and args.dataset and args.dataset != "synthetic":
-        config = recipe_path(args.method, args.dataset)
-    if config is not None:
-        print(f"recipe: {config}")
+    if not configs and args.method and args.dataset and args.dataset != "synthetic":
+        configs = [recipe_path(args.method, args.dataset)]
+    if configs:
+        print(f"recipe: {' + '.join(map(str, configs))}")
     elif not args.method:
         print("note: no recipe given; training the defaults (fgvc methods lists the recipes)")
-    cfg = load_config(config, overrides, base=base)
+    cfg = load_config(configs, overrides, base=base)
     result = train(cfg, resume=args.resume, allow_mismatch=args.allow_mismatch, progress=not args.quiet)
     if result.test is not None and args.json:
         print(json.dumps({k: v for k, v in result.test.items() if k != "per_class"}))
@@ -373,8 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
 
     t = command("train", "train a model (a recipe, or --method/--dataset)",
-                "Train a model. Arguments: a recipe name (transfg/cub; fgvc methods lists them) or a CONFIG.yaml, "
-                "then key=value settings (train.lr=0.01 data.root=/data/CUB_200_2011 method.slide_step=16).")
+                "Train a model. Arguments: a recipe name (transfg/cub; fgvc methods lists them) or a CONFIG.yaml "
+                "(several are merged in order: wsdan/finetune datasets/cars196), then key=value settings "
+                "(train.lr=0.01 data.root=/data/CUB_200_2011 method.slide_step=16).")
     t.add_argument("items", nargs="*", metavar="RECIPE | CONFIG.yaml | key=value")
     t.add_argument("--method", help="method name (fgvc methods); with --dataset, trains the recipe METHOD/DATASET; "
                    "default: the recipe's")

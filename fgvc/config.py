@@ -46,9 +46,11 @@ class DataConfig:
     train_splits: Optional[list[str]] = None  # None: the reader's official training splits
     test_splits: Optional[list[str]] = None  # None: the reader's official test split
     val_fraction: float = 0.0  # >0 carves a seeded, stratified validation split out of train
+    max_classes: Optional[int] = None  # keep only the first N classes (in label order) of every split
     img_size: int = 224  # the crop fed to the network
     resize: Optional[int] = None  # None: round(img_size / 0.875)
     resize_mode: Literal["square", "shorter"] = "square"  # square: (r, r), aspect not kept (the papers)
+    crop_padding: int = 0  # zero padding on every side before the random crop (PMG's RandomCrop(448, padding=8))
     hflip: bool = True
     autoaugment: bool = False  # torchvision's ImageNet AutoAugment policy
     color_jitter: list[float] = field(default_factory=list)  # [brightness, contrast, saturation, hue]
@@ -93,10 +95,12 @@ class TrainConfig:
     nesterov: bool = False
     weight_decay: float = 1e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    # step: x step_gamma every step_epochs epochs; exponential: the same decay, continuous (per update)
+    schedule: Literal["cosine", "step", "exponential", "constant"] = "cosine"
     warmup_steps: int = 0  # linear warm-up from 0, in optimizer steps
+    warmup_fraction: float = 0.0  # with warmup_steps=0: the warm-up as a fraction of the run's steps
     min_lr_ratio: float = 0.0  # cosine floor as a fraction of the peak
-    step_epochs: float = 30.0  # step schedule: multiply by step_gamma every step_epochs epochs
+    step_epochs: float = 30.0  # step/exponential schedules: multiply by step_gamma every step_epochs epochs
     step_gamma: float = 0.1
     grad_accum: int = 1
     clip_grad: Optional[float] = None  # global L2 norm
@@ -340,19 +344,23 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return apply_overrides({}, items)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+def load_config(path: str | Path | list | tuple | None = None, overrides: list[str] | None = None,
                 base: dict[str, Any] | None = None) -> RunConfig:
     """Loads a recipe, applies overrides and validates everything.
 
     Args:
-        path: A YAML recipe, or None for the defaults.
+        path: A YAML recipe, or several merged in order (a method's recipe, then a dataset file such as
+            ``datasets/cars196``: later files set what they name, mappings merge), or None for the defaults.
         overrides: ``key=value`` strings, applied last.
         base: A mapping applied before the overrides (the CLI's ``--method`` and ``--dataset`` flags).
 
     Returns:
         The validated :class:`RunConfig`.
     """
-    data: dict[str, Any] = read_yaml(path) if path else {}
+    paths = [] if path is None else list(path) if isinstance(path, (list, tuple)) else [path]
+    data: dict[str, Any] = {}
+    for p in paths:
+        data = _deep_merge(data, read_yaml(p))
     if base:
         data = _deep_merge(data, base)
     if overrides:

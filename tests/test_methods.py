@@ -29,8 +29,9 @@ def build(name: str):
     return create_model_from_config(cfg, K), cfg.data.img_size
 
 
-def ctx(step=0):
-    return StepContext(step=step, epoch=0, total_steps=10, total_epochs=1, criterion=build_criterion("ce"))
+def ctx(step=0, phase=0):
+    return StepContext(step=step, epoch=0, total_steps=10, total_epochs=1, criterion=build_criterion("ce"),
+                       phase=phase)
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -46,12 +47,13 @@ def test_forward_training_step_backward_explain(name):
     x = torch.randn(2, 3, size, size)
     y = torch.tensor([0, 3])
     model.train()
-    out = model.training_step(x, y, ctx())
-    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
-    out.loss.backward()
+    for phase in range(model.update_phases()):  # a batch's updates (one for most methods; PMG: four)
+        out = model.training_step(x, y, ctx(phase=phase))
+        assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+        out.loss.backward()
+        assert all(torch.isfinite(torch.as_tensor(v)).all() for v in out.logs.values())
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert sum(g is not None and bool(g.abs().sum() > 0) for g in grads) > len(grads) // 2
-    assert all(torch.isfinite(torch.as_tensor(v)).all() for v in out.logs.values())
     model.eval()
     with torch.no_grad():
         logits = model(x)

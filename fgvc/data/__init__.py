@@ -23,8 +23,9 @@ def build_index(cfg: DataConfig, progress: bool = False) -> DatasetIndex:
         index = open_dataset("cub", root)
         index.name = "synthetic"
         index.expected, index.expected_classes = {}, None
-        return index
-    return open_dataset(cfg.dataset, cfg.root, **cfg.options)
+    else:
+        index = open_dataset(cfg.dataset, cfg.root, **cfg.options)
+    return index.first_classes(cfg.max_classes) if cfg.max_classes else index
 
 
 @dataclass

@@ -6,6 +6,7 @@ that predictions print the dataset's names and a checkpoint can be matched to it
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +81,20 @@ class DatasetIndex:
             raise DataError(f"{self.name}: no images in split(s) {sorted(unknown)}; "
                             f"this dataset has {sorted({r.split for r in self.records})}")
         return [r for r in self.records if r.split in wanted]
+
+    def first_classes(self, n: int) -> "DatasetIndex":
+        """The same dataset restricted to its first ``n`` classes (labels ``0..n-1``, every split): a quick look
+        at a large dataset. The note says so wherever the run is described."""
+        if n < 1:
+            raise DataError(f"data.max_classes must be at least 1, got {n}")
+        if n >= self.num_classes:
+            return self
+        records = [r for r in self.records if r.label < n]
+        expected = {}  # the official counts no longer apply
+        return dataclasses.replace(self, records=records, class_names=self.class_names[:n],
+                                   class_ids=self.class_ids[:n], expected=expected, expected_classes=None,
+                                   notes=self.notes + [f"the first {n} of {self.num_classes} classes only "
+                                                       f"(data.max_classes={n})"])
 
     def fingerprint(self) -> str:
         """A short hash of (path, label, split) over all records: identifies the dataset in checkpoints."""

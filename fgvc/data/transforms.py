@@ -35,7 +35,8 @@ def normalization(cfg: DataConfig, model: Any) -> tuple[tuple[float, ...], tuple
 
 def build_train_transform(cfg: DataConfig, mean: Sequence[float], std: Sequence[float]) -> T.Compose:
     """Training-time augmentation of a recipe."""
-    ops = [_resize(resize_size(cfg), cfg.resize_mode), T.RandomCrop(cfg.img_size, pad_if_needed=True)]
+    ops = [_resize(resize_size(cfg), cfg.resize_mode),
+           T.RandomCrop(cfg.img_size, padding=cfg.crop_padding or None, pad_if_needed=True)]
     if cfg.hflip:
         ops.append(T.RandomHorizontalFlip())
     if cfg.autoaugment:

@@ -25,9 +25,14 @@ def build_optimizer(model: Method, t: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas))
 
 
+def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:
+    """The warm-up in steps: ``train.warmup_steps``, or ``train.warmup_fraction`` of the run's steps."""
+    return cfg.warmup_steps or round(cfg.warmup_fraction * total_steps)
+
+
 def lr_factor(update: int, cfg: TrainConfig, total_steps: int, steps_per_epoch: int) -> float:
     """LR multiplier of the ``update``-th optimizer step (1-based): linear warm-up, then the schedule."""
-    warm = cfg.warmup_steps
+    warm = warmup_steps(cfg, total_steps)
     if warm and update <= warm:
         return update / warm
     if cfg.schedule == "constant":
@@ -35,6 +40,8 @@ def lr_factor(update: int, cfg: TrainConfig, total_steps: int, steps_per_epoch: 
     if cfg.schedule == "step":
         epoch = (update - 1) // max(steps_per_epoch, 1)
         return cfg.step_gamma ** math.floor(epoch / cfg.step_epochs)
+    if cfg.schedule == "exponential":  # CAL's code: gamma^((epoch + batch / batches) / step_epochs)
+        return cfg.step_gamma ** ((update - 1) / max(steps_per_epoch, 1) / cfg.step_epochs)
     progress = (update - warm) / max(total_steps - warm, 1)
     cosine = 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
     return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine

@@ -49,7 +49,7 @@ from ..data.dataset import ImageDataset, leave_signals_to_the_main_process, star
 from ..data.transforms import Preprocess, build_train_transform, normalization
 from ..errors import EXIT_PREEMPTED, CheckpointError, ConfigError, DataError, FgvcError, Preempted, TrainingError
 from ..losses import build_criterion
-from ..methods.base import Method, StepContext
+from ..methods.base import Method, StepContext, StepOutput
 from ..registry import create_model_from_config, validate_config
 from ..report import write_final_report
 from ..version import __version__
@@ -58,7 +58,7 @@ from .distributed import DistInfo, all_reduce_max, barrier, broadcast_object, cl
 from .evaluate import predict_split
 from .health import LearningCheck
 from .metrics import classification_report
-from .optim import build_optimizer, lr_factor, set_lr
+from .optim import build_optimizer, lr_factor, set_lr, warmup_steps
 from .precision import amp_dtype, make_scaler
 from .runlog import RunLog, Window
 from .sampler import ResumableSampler
@@ -155,12 +155,14 @@ class Trainer:
 
             self.ema = ModelEmaV3(self.model, decay=t.ema_decay)
         self.criterion = build_criterion(t.loss, t.label_smoothing, t.gce_k)
+        unused = t.find_unused_parameters or self.model.leaves_parameters_unused
         self.step_module = wrap_step(self.model, distributed=info.distributed, device=info.device,
-                                     find_unused_parameters=t.find_unused_parameters, compile=t.compile,
+                                     find_unused_parameters=unused, compile=t.compile,
                                      compile_options=t.compile_options)
         self.learning = LearningCheck(self.index.num_classes, t.learning_check,
                                       f"train.lr={t.lr:g}, new layers x{t.head_lr_scale:g}",
-                                      type(self.model).lr_hint, self.steps_per_epoch, t.warmup_steps)
+                                      type(self.model).lr_hint, self.steps_per_epoch,
+                                      warmup_steps(t, self.total_steps))
 
     def _check_images(self) -> None:
         bad = self._rank0_first(lambda: check_images(self.splits.train + self.splits.val + self.splits.test),
@@ -373,53 +375,68 @@ class Trainer:
         self.save()
 
     def _optimizer_step(self, batches, window: Window) -> tuple[bool, torch.Tensor]:
-        """One update: the forward and backward passes of its micro-batches (gradient accumulation), then
-        clipping, the non-finite check shared by all ranks, the LR, the update and the EMA. Returns whether a
-        stop was requested on any rank, and the gradient norm."""
+        """One step: the micro-batches of one update (gradient accumulation), then, for each of the method's
+        update phases (one for most methods), their forward and backward passes, clipping, the non-finite check
+        shared by all ranks, the LR, the update and the EMA. Returns whether a stop was requested on any rank,
+        and the last gradient norm."""
         t, info = self.cfg.train, self.info
         size = min(t.grad_accum, self.micro_per_epoch - self.batches_in_epoch)
-        buffers = [b.detach().clone() for b in self.model.buffers()]  # BN statistics, WS-DAN centers
-        ctx = StepContext(step=self.step, epoch=self.epoch, total_steps=self.total_steps,
-                          total_epochs=self.total_epochs, criterion=self.criterion)
-        for micro in range(size):
-            images, targets, idx, bad = next(batches)
-            self._count_bad(bad)
-            if t.record_sample_ids and info.is_main:
-                with open(self.run_dir / "sample_ids.txt", "a") as fh:
-                    fh.write(f"{self.step} {self.epoch} " + ",".join(map(str, idx.tolist())) + "\n")
-            images = images.to(info.device, non_blocking=True)
-            targets = targets.to(info.device, non_blocking=True)
-            if t.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            last = micro == size - 1
-            no_sync = info.distributed and not last  # DDP: gradients are reduced once, with the last micro-batch
-            try:
-                with self.step_module.no_sync() if no_sync else contextlib.nullcontext():
-                    out = forward_backward(self.step_module, images, targets, ctx, info.device, self.amp,
-                                           self.scaler, divide=size)
-            except torch.OutOfMemoryError:
-                raise self._oom_error() from None
-            self.batches_in_epoch += 1
-            window.add(out, targets)
+        micro_batches = [self._micro_batch(next(batches)) for _ in range(size)]
+        self.batches_in_epoch += size
         params = [p for p in self.model.parameters() if p.requires_grad]
-        gnorm = clip_gradients(params, t.clip_grad, self.optimizer, self.scaler)
-        finite = torch.isfinite(gnorm) & torch.isfinite(out.loss.detach())
-        flags = torch.stack([(~finite).float(), torch.tensor(float(self.stop_requested), device=finite.device)])
-        nonfinite, stop = (all_reduce_max(flags.to(info.device), info) > 0).tolist()
-        if nonfinite and self.scaler is None:
-            self.optimizer.zero_grad(set_to_none=True)
-            with torch.no_grad():  # the step's forward passes changed nothing either
-                for b, saved in zip(self.model.buffers(), buffers):
-                    b.copy_(saved)
-            self._handle_nonfinite(out.loss, gnorm)
-        else:
+        outputs: list[list[StepOutput]] = [[] for _ in range(size)]
+        stop = False
+        for phase in range(self.model.update_phases()):
+            buffers = [b.detach().clone() for b in self.model.buffers()]  # BN statistics, WS-DAN centers
+            ctx = StepContext(step=self.step, epoch=self.epoch, total_steps=self.total_steps,
+                              total_epochs=self.total_epochs, criterion=self.criterion, phase=phase)
+            for micro, (images, targets) in enumerate(micro_batches):
+                no_sync = info.distributed and micro < size - 1  # DDP: gradients reduced once, with the last one
+                try:
+                    with self.step_module.no_sync() if no_sync else contextlib.nullcontext():
+                        out = forward_backward(self.step_module, images, targets, ctx, info.device, self.amp,
+                                               self.scaler, divide=size)
+                except torch.OutOfMemoryError:
+                    raise self._oom_error() from None
+                outputs[micro].append(out)
+            gnorm = clip_gradients(params, t.clip_grad, self.optimizer, self.scaler)
+            finite = torch.isfinite(gnorm) & torch.isfinite(out.loss.detach())
+            flags = torch.stack([(~finite).float(), torch.tensor(float(self.stop_requested), device=finite.device)])
+            nonfinite, stop_now = (all_reduce_max(flags.to(info.device), info) > 0).tolist()
+            stop = stop or bool(stop_now)
+            if nonfinite and self.scaler is None:
+                self.optimizer.zero_grad(set_to_none=True)
+                with torch.no_grad():  # the phase's forward passes changed nothing either
+                    for b, saved in zip(self.model.buffers(), buffers):
+                        b.copy_(saved)
+                self._handle_nonfinite(out.loss, gnorm)  # raises, or counts the step and skips its other phases
+                break
             set_lr(self.optimizer, lr_factor(self.step + 1, t, self.total_steps, self.steps_per_epoch))
             apply_update(self.optimizer, self.scaler)  # fp16: the scaler skips inf/nan steps itself
             if self.ema is not None:
                 self.ema.update(self.model, step=self.step)
-            acc = (out.logits.argmax(1) == targets).float().mean() * 100 if out.logits is not None else None
-            self.learning.add(out.loss, acc)
-        return bool(stop), gnorm
+        else:
+            merged = StepOutput.merge(outputs[-1])
+            targets = micro_batches[-1][1]
+            acc = (merged.logits.argmax(1) == targets).float().mean() * 100 if merged.logits is not None else None
+            self.learning.add(merged.loss, acc)
+        for (_, targets), outs in zip(micro_batches, outputs):
+            window.add(StepOutput.merge(outs), targets)
+        return stop, gnorm
+
+    def _micro_batch(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """A loader batch on the device (bad samples counted, sample ids recorded where asked)."""
+        t, info = self.cfg.train, self.info
+        images, targets, idx, bad = batch
+        self._count_bad(bad)
+        if t.record_sample_ids and info.is_main:
+            with open(self.run_dir / "sample_ids.txt", "a") as fh:
+                fh.write(f"{self.step} {self.epoch} " + ",".join(map(str, idx.tolist())) + "\n")
+        images = images.to(info.device, non_blocking=True)
+        targets = targets.to(info.device, non_blocking=True)
+        if t.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, targets
 
     def _oom_error(self) -> TrainingError:
         info, c = self.info, self.cfg

@@ -50,6 +50,7 @@ class StepContext:
     total_steps: int
     total_epochs: int
     criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    phase: int = 0  # which of the method's update phases this call is (see Method.update_phases)
 
 
 @dataclass
@@ -65,6 +66,16 @@ class StepOutput:
     loss: torch.Tensor
     logs: dict[str, Any] = field(default_factory=dict)
     logits: Optional[torch.Tensor] = None
+
+    @staticmethod
+    def merge(outputs: list["StepOutput"]) -> "StepOutput":
+        """The update phases of one batch as one output (for logging): the losses summed, the logs together,
+        the last logits."""
+        if len(outputs) == 1:
+            return outputs[0]
+        logits = next((o.logits for o in reversed(outputs) if o.logits is not None), None)
+        return StepOutput(loss=sum(o.loss.detach().float() for o in outputs),
+                          logs={k: v for o in outputs for k, v in o.logs.items()}, logits=logits)
 
 
 @dataclass
@@ -98,6 +109,8 @@ class Method(nn.Module):
     backbones: ClassVar[str] = "any timm model"  # what `fgvc methods` prints
     Config: ClassVar[type] = NoOptions
     lr_hint: ClassVar[str] = ""  # advice a run that does not learn prints (the method's learning-rate range)
+    # some parameters get no gradient in some steps (DDP then needs find_unused_parameters)
+    leaves_parameters_unused: ClassVar[bool] = False
 
     def __init__(self, spec: ModelSpec, cfg: Any):
         super().__init__()
@@ -126,6 +139,27 @@ class Method(nn.Module):
         except ConfigError:
             raise ConfigError(f"model.backbone: {cls.name} cannot use {spec.backbone}: it gives no multi-stage "
                               "features") from None
+
+    @classmethod
+    def cnn_stages_of(cls, spec: ModelSpec) -> list[dict[str, Any]]:
+        """The stages of a backbone for a method that needs a CNN's stages (CAL, PMG).
+
+        Raises:
+            ConfigError: One line naming what the method needs, for a plain ViT (one token grid, no stages) or
+                a model that gives no multi-stage features.
+        """
+        from ..backbones import is_vit
+        from ..errors import ConfigError
+
+        needs = (f"model.backbone: {cls.name} needs a CNN with stages (resnet50, efficientnet_lite0, convnext_tiny, "
+                 f"...); {spec.backbone}")
+        try:
+            info = stage_info(spec.backbone, img_size=spec.img_size, **spec.backbone_args)
+        except ConfigError:
+            raise ConfigError(f"{needs} gives no multi-stage features") from None
+        if is_vit(cls.probe_backbone(spec)):
+            raise ConfigError(f"{needs} is a plain ViT (one grid of tokens, no stages)")
+        return info
 
     @staticmethod
     def probe_backbone(spec: ModelSpec, **kwargs: Any) -> nn.Module:
@@ -166,6 +200,12 @@ class Method(nn.Module):
         raise NotImplementedError
 
     # -- hooks ----------------------------------------------------------------------------------------
+
+    def update_phases(self) -> int:
+        """Optimizer updates per batch. 1 for most methods; a method that steps several times on one batch
+        (PMG: one update per jigsaw granularity, then one on the whole image) returns their number, and the
+        engine calls :meth:`training_step` once per phase (``ctx.phase``), each followed by its own update."""
+        return 1
 
     def on_epoch_start(self, epoch: int, total_epochs: int) -> None:
         """Called by the engine at the start of every epoch (method schedules such as HERBS's T)."""

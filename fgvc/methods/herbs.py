@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones import StageFeatures, create_backbone, create_stage_backbone, feature_index, stage_at_stride
+from ..backbones import StageFeatures, create_stage_backbone, feature_index, forward_flops, stage_at_stride
 from ..errors import ConfigError
 from ..registry import register_method
 from .base import Explanation, Method, ModelSpec, StepContext, StepOutput
@@ -208,7 +208,8 @@ class HERBS(Method):
         elif self.levels == "merged":
             d, why = 1536, "the official width"
         else:
-            d = fpn_width(tokens, channels, k, cfg.bottom_up, backbone_flops(spec), cfg.fpn_budget)
+            d = fpn_width(tokens, channels, k, cfg.bottom_up, forward_flops(spec.backbone, spec.img_size,
+                                                                           **spec.backbone_args), cfg.fpn_budget)
             why = f"the widest whose pyramid costs at most {cfg.fpn_budget:g}x the backbone's forward"
         self.fpn_size = d
         desc = ", ".join(f"{info[i]['module']} {h}x{w}x{c}" for i, (h, w), c in zip(self.indices, shapes, channels))
@@ -383,17 +384,6 @@ def select_count(wanted: int, reference: int, tokens: int) -> int:
     proportionally when the level has fewer tokens (small inputs), and always leaving one token dropped."""
     n = wanted if tokens >= reference else max(1, round(wanted * tokens / reference))
     return max(1, min(n, tokens - 1)) if tokens > 1 else 1
-
-
-def backbone_flops(spec: ModelSpec) -> float:
-    """Forward FLOPs of the whole backbone for one image at ``spec.img_size``, counted on the meta device."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.no_grad(), torch.device("meta"):
-        model = create_backbone(spec.backbone, img_size=spec.img_size, **spec.backbone_args)
-        with FlopCounterMode(display=False) as counter:
-            model(torch.empty(1, 3, spec.img_size, spec.img_size))
-    return float(counter.get_total_flops())
 
 
 def fpn_width(tokens: list[int], channels: list[int], num_classes: int, bottom_up: bool, budget_flops: float,

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Union
+from typing import ClassVar, Literal, Optional, Union
 
 import torch
 import torch.distributed as dist
@@ -41,16 +41,17 @@ from .base import Explanation, Method, ModelSpec, StepContext, StepOutput
 from .ops import crop_and_zoom, mask_box, upsample_maps
 
 
-def bilinear_attention_pooling(features: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+def bilinear_attention_pooling(features: torch.Tensor, attention: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """The WS-DAN embedding: ``[B, M * C]``, signed square root, L2-normalized over the whole vector.
 
     Args:
         features: ``[B, C, H, W]``.
         attention: ``[B, M, H, W]``.
+        eps: Added under the square root (the PyTorch port: 1e-12; CAL's code: 1e-6).
     """
     b, _, h, w = features.shape
     parts = torch.einsum("bmhw,bchw->bmc", attention.float(), features.float()) / (h * w)
-    parts = torch.sign(parts) * torch.sqrt(parts.abs() + 1e-12)
+    parts = torch.sign(parts) * torch.sqrt(parts.abs() + eps)
     return F.normalize(parts.reshape(b, -1), dim=-1)
 
 
@@ -75,6 +76,10 @@ class WSDAN(Method):
     lr_hint = ("WS-DAN's classifier sees 100x its normalized feature, so its head moves 10^4 times faster than the "
                "learning rate suggests; its recipes use train.lr=0.001 with train.head_lr_scale=1")
     backbones = "any timm model with multi-stage features (CNNs, Swin, ConvNeXt, ViT); Inception-V3 Mixed_6e in the paper"
+    # what CAL's code (built on this one) does differently is set by these three
+    fc_bias: ClassVar[bool] = True
+    bap_eps: ClassVar[float] = 1e-12
+    center_update: ClassVar[str] = "accumulate"  # a label twice in a batch: both updates (TF code) / the last
 
     @dataclass
     class Config:
@@ -119,7 +124,7 @@ class WSDAN(Method):
             if channels < m:
                 raise ConfigError(f"method.num_maps={m} exceeds the {channels} feature channels")
         self.backbone = self.make_stage_backbone([self.index])
-        self.fc = nn.Linear(m * channels, spec.num_classes)
+        self.fc = nn.Linear(m * channels, spec.num_classes, bias=self.fc_bias)
         self.register_buffer("centers", torch.zeros(spec.num_classes, m * channels))
 
     def is_pretrained_parameter(self, name: str) -> bool:
@@ -131,16 +136,18 @@ class WSDAN(Method):
         """Feature map ``[B, C, h, w]``, attention maps ``[B, M, h, w]`` and the BAP embedding ``[B, M * C]``."""
         feats = self.backbone(images)[0]
         att = self.attention(feats)[:, : self.cfg.num_maps]
-        return feats, att, bilinear_attention_pooling(feats, att)
+        return feats, att, bilinear_attention_pooling(feats, att, self.bap_eps)
 
     def classify(self, embedding: torch.Tensor) -> torch.Tensor:
         return self.fc(100.0 * embedding.to(self.fc.weight.dtype))
 
-    def refine_boxes(self, att: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """The test-time crop: around the mean attention map."""
+    def refine_boxes(self, att: torch.Tensor, size: tuple[int, int], theta: Optional[float] = None,
+                     padding: Optional[float] = None) -> torch.Tensor:
+        """The test-time crop: around the mean attention map (at ``theta`` of its maximum, padded by ``padding``;
+        the configured ``refine_theta`` and ``refine_padding`` by default)."""
         mean = upsample_maps(att.mean(1), size)
-        theta = att.new_full((att.shape[0],), self.cfg.refine_theta, dtype=torch.float32)
-        return boxes_from_maps(mean, theta, self.cfg.refine_padding)
+        theta = att.new_full((att.shape[0],), self.cfg.refine_theta if theta is None else theta, dtype=torch.float32)
+        return boxes_from_maps(mean, theta, self.cfg.refine_padding if padding is None else padding)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         _, att, emb = self.maps_and_embedding(images)
@@ -189,7 +196,15 @@ class WSDAN(Method):
                 f, y, c = embedding.detach(), targets, centers
                 if dist.is_available() and dist.is_initialized():  # every process applies every update
                     f, y, c = (_all_gather(t) for t in (f, y, c))
-                self.centers.index_add_(0, y, self.cfg.center_beta * (f - c).to(self.centers.dtype))
+                step = self.cfg.center_beta * (f - c).to(self.centers.dtype)
+                if self.center_update == "accumulate":
+                    self.centers.index_add_(0, y, step)
+                else:  # `centers[y] += step`: a label seen twice keeps its last image's update
+                    order = torch.arange(len(y), device=y.device)
+                    last = torch.full((self.centers.shape[0],), -1, dtype=order.dtype, device=y.device)
+                    last = last.scatter_reduce(0, y, order, "amax")
+                    keep = last[y] == order
+                    self.centers.index_copy_(0, y[keep], self.centers[y[keep]] + step[keep])
         return loss
 
     def training_step(self, images: torch.Tensor, targets: torch.Tensor, ctx: StepContext) -> StepOutput:
