@@ -5,6 +5,7 @@
     fgvc explain RUN IMAGE_OR_FOLDER... --out DIR      fgvc localize RUN
     fgvc export RUN model.onnx|model.pt2               fgvc report RUN
     fgvc serve RUN [--port 8000]                       fgvc bench METHOD [key=value ...] [--plain]
+    fgvc compare DATA_DIR [--methods a,b] [--epochs N]  fgvc bench-data [SET ...]
     fgvc data synth|verify|list                        fgvc methods | fgvc demo | fgvc gpu-check
 
 Settings are always ``key=value`` with the config's dotted keys (``train.lr=0.01``, ``method.slide_step=16``,
@@ -278,13 +279,46 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import Budget, Comparison, RunSpec, dataset_file, methods_for, run_comparison, table
+
+    if args.root and "=" in args.root:  # only key=value settings were given
+        args.options.insert(0, args.root)
+        args.root = None
+    if args.root is None and not dataset_file(args.dataset):
+        raise FgvcError("compare needs the dataset's folder (or a dataset file: --dataset cars196)")
+    size = args.img_size or 448
+    if args.methods:
+        names = [m.strip() for m in args.methods.split(",") if m.strip()]
+        if "baseline" not in names:
+            names.insert(0, "baseline")
+            print("note: the baseline joins the comparison (every difference is taken against it)")
+    else:
+        names, refused = methods_for(args.backbone, size)
+        for m, why in refused.items():
+            print(f"note: {m} is left out: {why.removeprefix('model.backbone: ')}")
+    runs = [RunSpec(n, n) for n in names]
+    for v in args.variant or []:
+        name, _, rest = v.partition("=")
+        words = rest.split()
+        if not name or not words or any("=" not in w for w in words[1:]):
+            raise FgvcError(f"--variant '{v}': expected 'NAME=METHOD key=value ...'")
+        runs.append(RunSpec(name.strip(), words[0], words[1:]))
+    c = Comparison(root=args.root, dataset=args.dataset, backbone=args.backbone, runs=runs, out=Path(args.out),
+                   budget=Budget(args.epochs, args.img_size, args.batch_size, args.classes), weights=args.weights,
+                   device=args.device, parallel=args.parallel, settings=_settings(args.options),
+                   title=args.title or f"{Path(args.root).name if args.root else args.dataset} with {args.backbone}")
+    summary = run_comparison(c, log=lambda m: print(m, flush=True))
+    print(table(summary))
+    return 0 if all(r.get("top1") is not None for r in summary["runs"]) else 1
+
+
 def cmd_bench_data(args: argparse.Namespace) -> int:
     from .benchdata import main as bench_data
 
-    rows = bench_data(args.sets or ["cnn"], args.data, args.out, args.mode, args.epochs, args.parallel, args.device,
-                      only=args.run)
-    print((Path(args.out) / "table.md").read_text())
-    return 0 if all("top1" in r for r in rows) else 1
+    summaries = bench_data(args.sets or ["cnn"], args.data, args.out, args.mode, args.epochs, args.parallel,
+                           args.device, only=args.run, dataset=args.dataset, classes=args.classes)
+    return 0 if all(r.get("top1") is not None for s in summaries for r in s["runs"]) else 1
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
@@ -496,23 +530,54 @@ def build_parser() -> argparse.ArgumentParser:
                    "default: none (print only)")
     b.set_defaults(fn=cmd_bench)
 
-    bd = command("bench-data", "the real-data benchmark: 17 Flowers with ImageNet Lite0 and ViT-Tiny (shared data)",
-                 "Train the methods' flowers17 recipes on the project's shared real data and write a table "
-                 "(OUT/table.md, OUT/results.jsonl). A rerun skips the runs already in results.jsonl.")
+    bd = command("bench-data", "the real-data benchmark: 17 Flowers and Cars-196 with ImageNet Lite0 and ViT-Tiny "
+                 "(shared data), a preset of fgvc compare",
+                 "Compare the methods' finetune recipes on the project's shared real data: one fgvc compare per "
+                 "backbone (OUT/DATASET-BACKBONE/index.html, results.json, results.csv). A rerun skips finished runs.")
     bd.add_argument("sets", nargs="*", metavar="SET",
-                    help="cnn (baseline, dbgce, wsdan, pim, herbs on Lite0), vit (ViT-Tiny, TransFG, RAMS-Trans), "
-                    "ablations (ViT methods, one difference at a time), lr (PIM and HERBS at their official rate); "
-                    "default: cnn")
+                    help="cnn (baseline, dbgce, wsdan, cal, pmg, pim, herbs on Lite0), vit (ViT-Tiny, TransFG, "
+                    "RAMS-Trans), ablations (ViT methods, one difference at a time), lr (the official learning rates "
+                    "of WS-DAN, CAL, PMG, PIM, HERBS); default: cnn")
+    bd.add_argument("--dataset", default="flowers17", choices=["flowers17", "cars196"], help="which shared set")
     bd.add_argument("--run", action="append", help="only this run (repeatable; see fgvc/benchdata.py); default: the "
                     "SETs' runs")
-    bd.add_argument("--data", help="folder with flowers17/ and the weight files; default: ../shared/data")
+    bd.add_argument("--data", help="folder with flowers17/, cars196/ and the weight files; default: ../shared/data")
     bd.add_argument("--mode", default="cpu", choices=["cpu", "gpu"],
-                    help="cpu: 160/224 px, short budgets; gpu: 448 px, the recipes' budgets")
+                    help="cpu: 160 px CNNs, 224 px ViTs, short budgets (Cars-196: 50 classes); gpu: 448 px, every "
+                    "class, the dataset file's budget")
     bd.add_argument("--epochs", type=int, help="epochs of every run; default: the mode's")
-    bd.add_argument("--parallel", type=int, default=1, help="runs at once (on one GPU, several fit)")
+    bd.add_argument("--classes", type=int, help="only the first N classes; default: the mode's")
+    bd.add_argument("--parallel", type=int, default=0, help="runs at once (0: one on a CPU, by memory on a GPU)")
     bd.add_argument("--device", default="auto", help="auto, cpu, cuda")
-    bd.add_argument("--out", default="runs/bench-data", help="folder for the runs and the table")
+    bd.add_argument("--out", default="runs/bench-data", help="folder for the comparisons")
     bd.set_defaults(fn=cmd_bench_data)
+
+    cp = command("compare", "which method is best on a dataset: train several, one page of paired differences",
+                 "Train every chosen method on one dataset and backbone under the same budget (each with its "
+                 "METHOD/finetune recipe, one fgvc train each), then write OUT/index.html, OUT/results.json and "
+                 "OUT/results.csv: accuracies, differences to the baseline with paired 95% intervals and whether they "
+                 "are within noise, curves, per-class differences, what each method fixes and breaks, the same test "
+                 "images explained by each. A rerun skips finished runs and continues interrupted ones.")
+    cp.add_argument("root", nargs="?", help="the dataset's folder (class folders, a CSV, or an official layout); "
+                    "default: the dataset file's")
+    cp.add_argument("options", nargs="*", metavar="key=value", help="settings for every run (train.seed=1 ...)")
+    cp.add_argument("--dataset", default="folder", help="reader (folder, csv, cub, cars, ...: fgvc data list) or a "
+                    "dataset file (flowers17, cars196)")
+    cp.add_argument("--backbone", default="resnet50.tv_in1k", help="timm model name, the same for every method")
+    cp.add_argument("--weights", help="local weight file for the backbone (model.pretrained_file); default: timm's "
+                    "pretrained weights (cached or downloaded)")
+    cp.add_argument("--methods", help="comma-separated methods; default: every method that accepts the backbone")
+    cp.add_argument("--variant", action="append", metavar="'NAME=METHOD key=value ...'",
+                    help="an extra run: a method with settings of its own (repeatable)")
+    cp.add_argument("--epochs", type=int, help="epochs of every run; default: the recipes' (or dataset file's)")
+    cp.add_argument("--img-size", type=int, help="input size (the resize before the crop is 8/7 of it); default: 448")
+    cp.add_argument("--batch-size", type=int, help="batch per process; default: the recipes' (32)")
+    cp.add_argument("--classes", type=int, help="only the first N classes (a quick look); default: all")
+    cp.add_argument("--parallel", type=int, default=0, help="runs at once (0: one on a CPU, by memory on a GPU)")
+    cp.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    cp.add_argument("--title", help="the page's title; default: the dataset folder and the backbone")
+    cp.add_argument("--out", default="runs/compare", help="folder for the runs, the page and the results")
+    cp.set_defaults(fn=cmd_compare)
 
     m = command("methods", "the methods, their papers, the backbones they accept and their recipes")
     m.set_defaults(fn=cmd_methods)

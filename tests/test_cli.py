@@ -312,7 +312,8 @@ def test_a_wheel_holds_the_recipes(tmp_path):
     import zipfile
 
     names = zipfile.ZipFile(next(tmp_path.glob("fgvc-*.whl"))).namelist()
-    for recipe in ("transfg/cub.yaml", "transfg/_base.yaml", "smoke/wsdan.yaml", "demo.yaml", "baseline/flowers17.yaml"):
+    for recipe in ("transfg/cub.yaml", "transfg/_base.yaml", "smoke/wsdan.yaml", "demo.yaml", "baseline/finetune.yaml",
+                   "datasets/cars196.yaml", "cal/cub.yaml", "pmg/finetune.yaml"):
         assert f"fgvc/configs/{recipe}" in names, recipe
 
 

@@ -87,7 +87,7 @@ def test_recipes_are_found_by_name_and_unknown_pairs_name_what_exists():
     assert resolve_recipe("configs/transfg/cub.yaml") == recipe_path("transfg", "cub")  # a source checkout's form
     assert "cub" in list_recipes()["wsdan"] and "_base" not in list_recipes()["wsdan"]
     with pytest.raises(ConfigError, match=r"no recipe transfg/cubb; did you mean transfg/cub\? transfg has recipes "
-                                          r"for: cars, cub, dogs, flowers17, inat2017, nabirds"):
+                                          r"for: cars, cub, dogs, finetune, inat2017, nabirds"):
         recipe_path("transfg", "cubb")
     with pytest.raises(ConfigError, match=r"no recipes for method 'tranfsg' \(did you mean transfg\?\)"):
         recipe_path("tranfsg", "cub")

@@ -28,6 +28,7 @@ loss and attention cropping and dropping.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Literal
@@ -91,7 +92,16 @@ class CAL(WSDAN):
         cls.cnn_stages_of(spec)
 
     def __init__(self, spec: ModelSpec, cfg: "CAL.Config"):
+        names = [f["module"] for f in self.stages_of(spec)]
+        moved = None
+        if cfg.unstride and isinstance(cfg.feature_layer, str) and cfg.feature_layer not in names + ["auto"]:
+            # the recipes' layer4 at stride 16, on a backbone that has no layer4: its stage at stride 16
+            moved = (f"cal: method.feature_layer '{cfg.feature_layer}' is not a stage of {spec.backbone}; the stage "
+                     "at stride 16 instead (the official layer4's stride)")
+            cfg = dataclasses.replace(cfg, feature_layer="auto", unstride=False)
         super().__init__(spec, cfg)
+        if moved:
+            self.notes.append(moved)
         if cfg.unstride:
             module = self.stages_of(spec)[self.index]["module"]
             size = spec.img_size

@@ -134,7 +134,7 @@ class HERBS(Method):
     code = "https://github.com/chou141253/FGVC-HERBS"
     lr_hint = ("the official HERBS and PIM recipes use train.lr=0.0005 (SGD, Nesterov) for every layer over "
                "18,700 (PIM) to 60,000 (HERBS) CUB steps; a short fine-tune learns with a fine-tuning rate "
-               "(the flowers17 recipes: train.lr=0.005, train.head_lr_scale=10, train.clip_grad=5)")
+               "(the finetune recipes: train.lr=0.01, train.head_lr_scale=10, train.clip_grad=5)")
     backbones = "any timm model with multi-stage features (Swin, ResNet, ConvNeXt, EfficientNet, ViT); Swin-L at 384 in the paper"
 
     @dataclass
