@@ -568,7 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "pretrained weights (cached or downloaded)")
     cp.add_argument("--methods", help="comma-separated methods; default: every method that accepts the backbone")
     cp.add_argument("--variant", action="append", metavar="'NAME=METHOD key=value ...'",
-                    help="an extra run: a method with settings of its own (repeatable)")
+                    help="an extra run: a method with settings of its own (repeatable); default: none")
     cp.add_argument("--epochs", type=int, help="epochs of every run; default: the recipes' (or dataset file's)")
     cp.add_argument("--img-size", type=int, help="input size (the resize before the crop is 8/7 of it); default: 448")
     cp.add_argument("--batch-size", type=int, help="batch per process; default: the recipes' (32)")
