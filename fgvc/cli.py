@@ -321,6 +321,16 @@ def cmd_bench_data(args: argparse.Namespace) -> int:
     return 0 if all(r.get("top1") is not None for s in summaries for r in s["runs"]) else 1
 
 
+def cmd_bench_index(args: argparse.Namespace) -> int:
+    from .benchindex import bench_index, table
+
+    layouts = ("columns", "objects") if args.compare_objects else ("columns",)
+    rows = bench_index(args.records, args.workers, Path(args.out), layouts=layouts, classes=args.classes,
+                       log=lambda m: print(m, flush=True))
+    print(table(rows))
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from .recipes import list_recipes
     from .registry import get_method, list_methods
@@ -578,6 +588,19 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--title", help="the page's title; default: the dataset folder and the backbone")
     cp.add_argument("--out", default="runs/compare", help="folder for the runs, the page and the results")
     cp.set_defaults(fn=cmd_compare)
+
+    bi = command("bench-index", "the dataset index at iNaturalist scale: build time and memory, loader workers' memory",
+                 "Write iNaturalist-2021-layout datasets of the given sizes (annotation files only) and measure, each in "
+                 "a fresh process: the index build (seconds, peak memory), the fingerprint, and the private memory of "
+                 "each loader worker after an epoch of index lookups.")
+    bi.add_argument("--records", type=int, nargs="+", default=[1000, 300_000, 2_686_843],
+                    help="training images of each generated dataset")
+    bi.add_argument("--workers", type=int, nargs="+", default=[8, 16], help="loader worker counts")
+    bi.add_argument("--classes", type=int, default=10_000, help="classes of the generated datasets")
+    bi.add_argument("--compare-objects", action="store_true",
+                    help="also measure the workers with the records as Python objects (the layout before columns)")
+    bi.add_argument("--out", default="runs/bench-index", help="folder for the generated datasets and bench-index.jsonl")
+    bi.set_defaults(fn=cmd_bench_index)
 
     m = command("methods", "the methods, their papers, the backbones they accept and their recipes")
     m.set_defaults(fn=cmd_methods)

@@ -54,7 +54,8 @@ def write_final_report(run_dir: Path, report: dict[str, Any], logits: torch.Tens
                         "unreadable training images skipped": report["skipped_unreadable_train"],
                         "non-finite steps skipped": report["nonfinite_steps_skipped"]})
     if len(records) == len(targets):  # no image was left out as unreadable
-        save_predictions(folder, "test", logits, targets, [r.path for r in records], cfg.eval.topk)
+        save_predictions(folder, "test", logits, targets, [records.path(i) for i in range(len(records))]
+                         if hasattr(records, "path") else [r.path for r in records], cfg.eval.topk)
     if cfg.eval.explain_samples > 0:
         write_overlays(model, records, preprocess, class_names, folder / "explain", device, cfg.eval.explain_samples)
     build_html(run_dir)

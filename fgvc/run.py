@@ -74,7 +74,7 @@ class Run:
         cfg = self.cfg
         if data_root:
             cfg.data.root = data_root
-        index = build_index(cfg.data)
+        index = build_index(cfg.data, cache=self.folder / "index")  # the run's copy while its files are unchanged
         if index.fingerprint() != self.labels.get("fingerprint"):
             print("warning: the dataset differs from the one this run was trained on (other files or labels)")
         if index.num_classes != len(self.class_names):

@@ -2,6 +2,7 @@
 
 FGVC_TEST_FAULT:
     slow_steps       every training step sleeps 50 ms (room to send a signal mid-run)
+FGVC_TEST_PIDS: a folder; each process writes its pid there as rank-R.pid
     torn_checkpoint  the FGVC_TEST_N-th checkpoint file written stops halfway, touches FGVC_TEST_MARKER and
                      hangs (to be killed)
     nan              registers the method ``nan_at_step``: the baseline, whose loss is NaN at step
@@ -21,6 +22,8 @@ from fgvc.methods.baseline import Baseline
 from fgvc.registry import register_method
 
 fault = os.environ.get("FGVC_TEST_FAULT", "")
+if os.environ.get("FGVC_TEST_PIDS"):  # where a test finds each rank's process: DIR/rank-R.pid (R: RANK)
+    Path(os.environ["FGVC_TEST_PIDS"], f"rank-{os.environ.get('RANK', '0')}.pid").write_text(str(os.getpid()))
 
 if fault == "slow_steps":
     real_step = Baseline.training_step

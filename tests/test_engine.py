@@ -233,5 +233,5 @@ def test_gpu_check_without_cuda_says_so_and_passes_its_cpu_run(tmp_path):
     assert r.stdout.splitlines()[0] == "gpu-check: no CUDA device here; running the same path at tiny sizes on the CPU"
     summary = json.loads((tmp_path / "gc" / "gpu-check.json").read_text())
     assert not summary["failed"] and all(f["ok"] for f in summary["functional"].values())
-    assert len(summary["bench"]) == 6 and all(r["ok"] and r["step_ratio"] > 0 for r in summary["bench"])
+    assert len(summary["bench"]) == 8 and all(r["ok"] and r["step_ratio"] > 0 for r in summary["bench"])
     assert "| transfg | OK |" in r.stdout

@@ -269,3 +269,70 @@ def test_a_data_error_on_rank_zero_stops_every_rank(synth_root, tmp_path):
     (bad / "classes.txt").write_text("1 only_one_class\n")  # labels 2..4 are now out of range
     code, log = run(args_for(bad, tmp_path / "r"), torchrun=2, timeout=180)
     assert code != 0 and log.count("error: ") == 2 and "out of range" in log  # both ranks, no hang
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_nodes_on_one_host_train_checkpoint_and_evaluate_as_one_run(synth_root, tmp_path):
+    """Two torchrun agents as two nodes (c10d rendezvous on 127.0.0.1, gloo, one process each): one run, the
+    same parameters as one process with the same global batch."""
+    common = ["model.backbone=test_vit", "data.img_size=32", "train.epochs=2", "train.keep_checkpoints=0",
+              "train.optimizer=sgd", "train.lr=0.05"]
+    one = tmp_path / "one"
+    code, log = run(args_for(synth_root, one, *common, "data.batch_size=8"))
+    assert code == 0, log
+    nodes = tmp_path / "nodes"
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                                "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=fgvc-test",
+                                f"--node_rank={rank}", "--max-restarts=0", RUNNER,
+                                *args_for(synth_root, nodes, *common, "data.batch_size=4"), "--resume", "auto"],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+              for rank in (0, 1)]
+    logs = [a.communicate(timeout=300)[0] for a in agents]
+    assert [a.returncode for a in agents] == [0, 0], logs
+    assert_same_params(one / "last.pt", nodes / "last.pt", atol=1e-5)
+    t1 = json.loads((one / "report" / "test.json").read_text())
+    t2 = json.loads((nodes / "report" / "test.json").read_text())
+    assert t2["num_images"] == t1["num_images"] == 16 and abs(t1["top1"] - t2["top1"]) < 1e-6
+    assert ckpt.load_checkpoint(nodes / "last.pt")["world_size"] == 2
+    assert sum("test: top-1" in x for x in logs) == 1  # rank 0 reports, once
+
+
+def test_torchrun_restarts_a_killed_worker_from_last_pt_to_the_same_parameters(synth_root, tmp_path):
+    """--max-restarts=1: a worker SIGKILLed mid-run; torchrun restarts the group, which continues from last.pt
+    (--resume auto) and ends with the parameters of an uninterrupted run."""
+    common = ["train.epochs=3", "train.ckpt_every=1", "train.keep_checkpoints=0", "data.batch_size=2",
+              "--resume", "auto"]
+    straight = tmp_path / "straight"
+    code, log = run(args_for(synth_root, straight, *common), torchrun=2)
+    assert code == 0, log
+    pids, killed = tmp_path / "pids", tmp_path / "killed"
+    pids.mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--max-restarts=1", "--master_port",
+           str(free_port()), RUNNER, *args_for(synth_root, killed, *common)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "FGVC_TEST_FAULT": "slow_steps",
+           "FGVC_TEST_PIDS": str(pids)}
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def mid_run() -> bool:
+        try:
+            return ckpt.load_checkpoint(killed / "last.pt")["step"] >= 3
+        except Exception:  # not written yet
+            return False
+
+    assert wait_for(mid_run, proc=p, timeout=180), p.communicate()[0]
+    victim = int((pids / "rank-1.pid").read_text())
+    os.kill(victim, signal.SIGKILL)
+    log, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, log
+    assert "resumed from" in log and int((pids / "rank-1.pid").read_text()) != victim, log
+    assert_same_params(straight / "last.pt", killed / "last.pt")
+

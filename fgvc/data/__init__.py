@@ -3,17 +3,32 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
 
 from ..config import DataConfig
 from ..errors import DataError
 from .dataset import ImageDataset, check_images, load_rgb
 from .readers import list_datasets, open_dataset
 from .records import DatasetIndex, Record, stratified_split
+from .table import RecordTable
 from .synthetic import ensure_synthetic
 
 
-def build_index(cfg: DataConfig, progress: bool = False) -> DatasetIndex:
-    """Opens the dataset a config names; ``synthetic`` with no root generates (and caches) one."""
+def build_index(cfg: DataConfig, progress: bool = False, cache: Optional[Path] = None) -> DatasetIndex:
+    """Opens the dataset a config names; ``synthetic`` with no root generates (and caches) one.
+
+    With ``cache`` (a run's ``index/`` folder) the index is mapped from there while it is current
+    (:mod:`fgvc.data.cache`), else read and written there."""
+    from .cache import cache_key, load_index, save_index
+
+    key = cache_key(cfg) if cache is not None else None
+    if cache is not None:
+        index = load_index(cache, key)
+        if index is not None:
+            return index
     if cfg.dataset == "synthetic":
         root = cfg.root
         if not root:
@@ -25,30 +40,35 @@ def build_index(cfg: DataConfig, progress: bool = False) -> DatasetIndex:
         index.expected, index.expected_classes = {}, None
     else:
         index = open_dataset(cfg.dataset, cfg.root, **cfg.options)
-    return index.first_classes(cfg.max_classes) if cfg.max_classes else index
+    index = index.first_classes(cfg.max_classes) if cfg.max_classes else index
+    if cache is not None:
+        save_index(index, cache, key)
+    return index
 
 
 @dataclass
 class Splits:
-    """The records a run trains, validates and tests on."""
+    """The records a run trains, validates and tests on (record tables: sequences of records)."""
 
-    train: list[Record]
-    val: list[Record]
-    test: list[Record]
+    train: RecordTable
+    val: RecordTable
+    test: RecordTable
 
 
 def make_splits(index: DatasetIndex, cfg: DataConfig, seed: int) -> Splits:
     """Applies the honest protocol: train (minus a seeded, stratified validation part) and a fixed test."""
     train = index.select(cfg.train_splits or index.train_splits)
     test = index.select(cfg.test_splits or index.test_splits)
-    overlap = {r.path for r in train} & {r.path for r in test}
+    small, large = (train, test) if len(train) <= len(test) else (test, train)
+    seen = {small.path(i) for i in range(len(small))}
+    overlap = [p for p in (large.path(i) for i in range(len(large))) if p in seen]
     if overlap:
         raise DataError(f"{len(overlap)} image(s) are in both the training and the test split, "
                         f"e.g. {sorted(overlap)[0]}")
-    val: list[Record] = []
+    val = train.take(np.zeros(0, dtype=np.int64))
     if cfg.val_fraction > 0:
         tr, va = stratified_split(train, cfg.val_fraction, seed)
-        train, val = [train[i] for i in tr], [train[i] for i in va]
+        train, val = train.take(np.asarray(tr, dtype=np.int64)), train.take(np.asarray(va, dtype=np.int64))
     return Splits(train=train, val=val, test=test)
 
 

@@ -18,6 +18,7 @@ from PIL import Image, ImageFile
 
 from ..errors import DataError
 from .records import Record
+from .table import RecordTable
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated JPEG is an error, never silently grey
 
@@ -103,7 +104,8 @@ class ImageDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, records: Sequence[Record], transform: Callable, seed: int = 0, bad_data: str = "raise"):
-        self.records = list(records)
+        # columns, not objects: forked loader workers read them without copying (fgvc/data/table.py)
+        self.records = records if isinstance(records, RecordTable) else RecordTable.from_records(records)
         self.transform = transform
         self.seed = seed
         self.bad_data = bad_data
@@ -112,8 +114,7 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.records)
 
     def _load(self, index: int, epoch: int) -> torch.Tensor:
-        rec = self.records[index]
-        img = load_rgb(rec.path, rec.crop_bottom)
+        img = load_rgb(self.records.path(index), self.records.crop(index))
         s = sample_seed(self.seed, epoch, index)
         py_state = random.getstate()
         with torch.random.fork_rng(devices=[]):  # keep the caller's generator untouched (num_workers=0)
@@ -130,10 +131,10 @@ class ImageDataset(torch.utils.data.Dataset):
         for attempt in range(len(self.records)):
             i = (index + attempt) % len(self.records)
             try:
-                return self._load(i, epoch), self.records[i].label, i, bad
+                return self._load(i, epoch), self.records.label(i), i, bad
             except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
                 if self.bad_data == "raise":
-                    raise DataError(f"cannot read image {self.records[i].path} (dataset index {i}): "
+                    raise DataError(f"cannot read image {self.records.path(i)} (dataset index {i}): "
                                     f"{e.__class__.__name__}: {e}") from None
                 if bad < 0:
                     bad = i
@@ -148,16 +149,18 @@ def check_images(records: Sequence[Record], workers: int = 8,
     are reported.
     """
 
+    table = records if isinstance(records, RecordTable) else RecordTable.from_records(records)
+
     def check(i: int) -> Optional[tuple[int, str, str]]:
         try:
-            load_rgb(records[i].path, records[i].crop_bottom)
+            load_rgb(table.path(i), table.crop(i))
             return None
         except Exception as e:  # noqa: BLE001
-            return (i, records[i].path, f"{e.__class__.__name__}: {e}")
+            return (i, table.path(i), f"{e.__class__.__name__}: {e}")
 
     bad = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for result in pool.map(check, range(len(records)), chunksize=16):
+        for result in pool.map(check, range(len(table)), chunksize=16):
             if progress:
                 progress(1)
             if result:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
+
+import numpy as np
 
 from .dataset import check_images
 from .readers import open_dataset
@@ -52,18 +53,23 @@ def verify_dataset(root: str | Path, name: str, options: Optional[dict[str, Any]
                    workers: int = 8, progress: Optional[Callable[[int], None]] = None) -> VerifyReport:
     """Reads a dataset with the reader ``name`` and checks it (see the module docstring)."""
     index = open_dataset("cub" if name == "synthetic" else name, root, **(options or {}))
-    counts = Counter(r.split for r in index.records)
-    splits = {s: (n, index.expected.get(s)) for s, n in counts.items()}
+    t = index.records
+    codes, counts = np.unique(t.split_codes, return_counts=True)
+    splits = {t.split_names[c]: (int(n), index.expected.get(t.split_names[c])) for c, n in zip(codes, counts)}
     ok = all(exp is None or exp == n for n, exp in splits.values())
     ok &= not (index.expected_classes and index.expected_classes != index.num_classes)
-    per_class = Counter(r.label for r in index.records)
-    has_boxes = index.records[0].box is not None
+    per_class = np.bincount(t.labels, minlength=index.num_classes)
+    present = per_class[per_class > 0]
+    has_boxes = t.boxes is not None and not np.isnan(t.boxes[0, 0])
+    boxes = None
+    if has_boxes:
+        with_parts = 0 if t.parts is None else int((~np.isnan(t.parts).all(axis=(1, 2))).sum())
+        boxes = (int((~np.isnan(t.boxes[:, 0])).sum()), with_parts)
     report = VerifyReport(
         name=index.name, root=str(index.root), num_classes=index.num_classes, expected_classes=index.expected_classes,
-        splits=splits, per_class=(min(per_class.values()), max(per_class.values())),
-        empty_classes=index.num_classes - len(per_class),
-        boxes=(sum(r.box is not None for r in index.records), sum(r.parts is not None for r in index.records))
-        if has_boxes else None, part_names=list(index.part_names), notes=list(index.notes))
+        splits=splits, per_class=(int(present.min()), int(present.max())),
+        empty_classes=int((per_class == 0).sum()), boxes=boxes, part_names=list(index.part_names),
+        notes=list(index.notes))
     if decode:
         report.unreadable = check_images(index.records, workers=workers, progress=progress)
         ok &= not report.unreadable

@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader
 
 from ..config import RunConfig, absolute_paths, save_config, to_dict
 from ..data import build_index, check_images, make_splits
+from ..data.cache import cache_key, load_index
 from ..data.dataset import ImageDataset, leave_signals_to_the_main_process, start_workers
 from ..data.transforms import Preprocess, build_train_transform, normalization
 from ..errors import EXIT_PREEMPTED, CheckpointError, ConfigError, DataError, FgvcError, Preempted, TrainingError
@@ -120,7 +121,11 @@ class Trainer:
         if t.select == "best_val" and cfg.data.val_fraction <= 0:
             raise ConfigError("train.select=best_val needs a validation split: set data.val_fraction (e.g. 0.1)")
         seed_everything(t.seed)
-        self.index = self._rank0_first(lambda: build_index(cfg.data, progress=self.progress))  # rank 0 may generate
+        # rank 0 reads the dataset (or generates it) and writes RUN/index/; the other ranks map that copy
+        cache = self.run_dir / "index"
+        self.index = self._rank0_first(lambda: build_index(cfg.data, progress=self.progress, cache=cache),
+                                       others=lambda: load_index(cache, cache_key(cfg.data), check_sources=False)
+                                       or build_index(cfg.data))
         self.splits = make_splits(self.index, cfg.data, t.seed)
         if cfg.data.check_images:
             self._check_images()

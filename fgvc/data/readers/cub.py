@@ -111,9 +111,11 @@ def read_cub_format(root: Path, name: str, hierarchy: bool) -> DatasetIndex:
         n = classes[cid][1]
         return n.split(".", 1)[1] if "." in n and n.split(".", 1)[0].isdigit() else n
 
+    files = [images_path, labels_path, split_path, classes_path, root / "bounding_boxes.txt", root / "hierarchy.txt",
+             root / "parts" / "parts.txt", root / "parts" / "part_locs.txt", root / "synthetic.json"]
     return DatasetIndex(name=name, root=str(root), records=records,
                         class_names=[display(c) for c in class_order], class_ids=class_order,
-                        part_names=part_names)
+                        part_names=part_names, sources=[str(f) for f in files if f.is_file()])
 
 
 @register_reader("cub", "cub200", description="CUB-200-2011 (images.txt, image_class_labels.txt, ...)")

@@ -111,4 +111,6 @@ def read_csv(root: Path, file: Optional[str] = None, test_fraction: float = 0.0,
     check_files_exist(to_check)
     if all(len(r) < 4 or r[3] == "train" for r in rows) and test_fraction > 0:
         _carve_test(records, test_fraction, seed)
-    return _index("csv", path.parent, records, names)
+    index = _index("csv", path.parent, records, names)
+    index.sources = [str(path)]
+    return index

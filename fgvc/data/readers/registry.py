@@ -76,7 +76,9 @@ def open_dataset(name: str, root: str | Path | None, **options: Any) -> DatasetI
     index = fn(root, **opts)
     if not index.records:
         raise DataError(f"{root}: no images found for dataset '{name}'")
-    for r in index.records:
-        if not 0 <= r.label < index.num_classes:  # a reader bug, not a user fault, but never train on it
-            raise DataError(f"{r.path}: label {r.label} out of range 0..{index.num_classes - 1}")
+    labels = index.records.labels
+    bad = (labels < 0) | (labels >= index.num_classes)
+    if bad.any():  # a reader bug, not a user fault, but never train on it
+        i = int(bad.argmax())
+        raise DataError(f"{index.records.path(i)}: label {int(labels[i])} out of range 0..{index.num_classes - 1}")
     return index
