@@ -183,7 +183,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .serve import serve
 
-    serve(args.run, host=args.host, port=args.port, device=args.device, max_mb=args.max_mb)
+    serve(args.run, host=args.host, port=args.port, device=args.device, max_mb=args.max_mb,
+          max_pixels=int(args.max_megapixels * 1e6), max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+          threads=args.threads)
     return 0
 
 
@@ -328,6 +330,18 @@ def cmd_bench_index(args: argparse.Namespace) -> int:
     rows = bench_index(args.records, args.workers, Path(args.out), layouts=layouts, classes=args.classes,
                        log=lambda m: print(m, flush=True))
     print(table(rows))
+    return 0
+
+
+def cmd_bench_serve(args: argparse.Namespace) -> int:
+    from .benchserve import bench_serve, table
+
+    rows = bench_serve(args.run, args.image, tuple(args.clients), args.seconds, args.sequential,
+                       log=lambda m: print(m, flush=True))
+    print(table(rows))
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "bench-serve.json").write_text(json.dumps(rows, indent=1))
     return 0
 
 
@@ -489,7 +503,14 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     sv.add_argument("--port", type=int, default=8000, help="port")
     device_option(sv)
-    sv.add_argument("--max-mb", type=float, default=20.0, help="largest upload accepted, in MB")
+    sv.add_argument("--max-mb", type=float, default=20.0, help="largest upload accepted, in MB (10^6 bytes)")
+    sv.add_argument("--max-megapixels", type=float, default=40.0,
+                    help="largest image accepted (width x height, from its header: decompression bombs are refused)")
+    sv.add_argument("--max-batch", type=int, help="requests that arrive together go through the model as one batch "
+                    "of at most this many (1: no batching); default: 32 on CUDA, 8 on the CPU")
+    sv.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for others to batch with")
+    sv.add_argument("--threads", type=int, help="torch threads of the inference thread and decoding threads; "
+                    "default: the cores this process may use, at most 8")
     sv.set_defaults(fn=cmd_serve)
 
     d = command("data", "datasets: synth, verify, list")
@@ -601,6 +622,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also measure the workers with the records as Python objects (the layout before columns)")
     bi.add_argument("--out", default="runs/bench-index", help="folder for the generated datasets and bench-index.jsonl")
     bi.set_defaults(fn=cmd_bench_index)
+
+    bs = command("bench-serve", "the web service under load on 127.0.0.1: latency and throughput, batching off and on",
+                 "Start fgvc serve RUN on a free local port (once without batching, once with) and measure sequential "
+                 "latency, then throughput and p50/p95/p99 latency for each number of concurrent clients, and GET "
+                 "/api/info's latency during the heaviest load.")
+    bs.add_argument("run", help="run folder or checkpoint")
+    bs.add_argument("--image", help="the image every request uploads; default: the run's first test image")
+    bs.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32], help="concurrent clients to measure")
+    bs.add_argument("--seconds", type=float, default=15.0, help="seconds of load for each number of clients")
+    bs.add_argument("--sequential", type=int, default=40, help="requests of the sequential measurement")
+    bs.add_argument("--out", help="folder for bench-serve.json; default: none (print only)")
+    bs.set_defaults(fn=cmd_bench_serve)
 
     m = command("methods", "the methods, their papers, the backbones they accept and their recipes")
     m.set_defaults(fn=cmd_methods)

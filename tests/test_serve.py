@@ -1,15 +1,25 @@
 """fgvc serve: the page in a real headless browser (upload an image, read the top-5 names), the JSON endpoint,
-and bad uploads that get a clear 4xx answer while the server keeps serving."""
+bad uploads that each get a 4xx JSON answer while the server keeps serving (a decompression bomb, a huge image,
+a body over the limit with and without Content-Length), the same decoding as `fgvc predict`, batching that
+gives the same answers, and the event loop free while predictions run."""
 
 from __future__ import annotations
 
+import io
 import json
+import socket
+import struct
+import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from fgvc.cli import main
 
@@ -27,20 +37,68 @@ def run_dir(tmp_path_factory) -> Path:
 def server(run_dir):
     from fgvc.serve import create_app
 
-    with BackgroundServer(create_app(run_dir, device="cpu", max_mb=1.0)) as s:
+    app = create_app(run_dir, device="cpu", max_mb=1.0, max_pixels=40_000_000)
+    with BackgroundServer(app) as s:
+        s.service = app.state.service
         yield s
 
 
-def post(url: str, filename: str, data: bytes) -> tuple[int, dict]:
+def multipart(filename: str, data: bytes) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{filename}\"\r\n"
             f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
-    req = urllib.request.Request(url, data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def post(url: str, filename: str, data: bytes) -> tuple[int, dict]:
+    body, ctype = multipart(filename, data)
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": ctype})
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
+
+
+def raw_post(port: int, head: bytes, chunks, pause: float = 0.0) -> tuple[int, dict, float]:
+    """Sends a request by hand (its body in ``chunks``, stopping when the server closes) and reads the answer:
+    (status, JSON body, seconds until the answer)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    t0 = time.time()
+    try:
+        s.sendall(head)
+        for c in chunks:
+            try:
+                s.sendall(c)
+            except OSError:  # the server answered and closed: the rest is never sent
+                break
+            time.sleep(pause)
+        data = b""
+        while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < int(
+                dict(line.split(b": ", 1) for line in data.split(b"\r\n\r\n")[0].split(b"\r\n")[1:]
+                     if b": " in line).get(b"content-length", b"0")):
+            part = s.recv(65536)
+            if not part:
+                break
+            data += part
+    finally:
+        s.close()
+    status = int(data.split(b" ", 2)[1])
+    return status, json.loads(data.split(b"\r\n\r\n", 1)[1]), time.time() - t0
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def declared_png(width: int, height: int, rows: int = 1) -> bytes:
+    """A grey PNG declaring ``width x height``: with ``rows=1`` a 99-byte decompression bomb (its data stops
+    after a row); with ``rows=height`` a complete, highly compressible image."""
+    comp = zlib.compressobj(9)
+    row = b"\0" + b"\0" * ((width + 7) // 8)
+    data = b"".join(comp.compress(row) for _ in range(rows)) + comp.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", data) + png_chunk(b"IEND", b"")
 
 
 def an_image(run_dir: Path) -> Path:
@@ -66,19 +124,90 @@ def test_a_browser_upload_shows_five_class_names(server, run_dir):
         driver.quit()
 
 
-def test_the_json_api_and_bad_uploads(server, run_dir, tmp_path):
+def test_the_json_api_and_bad_uploads_each_get_a_4xx_json_answer(server, run_dir):
     good = an_image(run_dir).read_bytes()
-    code, body = post(server.url + "/api/predict?topk=3", "bird.jpg", good)
+    url = server.url + "/api/predict"
+    code, body = post(url + "?topk=3", "bird.jpg", good)
     assert code == 200 and len(body["top"]) == 3 and abs(sum(p["prob"] for p in body["top"]) - 1) < 1.0
     assert "overlay" not in body
-    code, body = post(server.url + "/api/predict", "notes.txt", b"these are not pixels")
-    assert 400 <= code < 500 and "not an image" in body["error"]
-    code, body = post(server.url + "/api/predict", "cut.jpg", good[: len(good) // 2])
-    assert 400 <= code < 500 and "cannot be decoded" in body["error"]
-    code, body = post(server.url + "/api/predict", "huge.jpg", good + b"\0" * (2 * 2**20))
-    assert code == 413 and "limit" in body["error"]
-    code, body = post(server.url + "/api/predict?overlay=true", "bird.jpg", good)  # still serving
+    cases = [("notes.txt", b"these are not pixels", 415, "not an image"),
+             ("cut.jpg", good[: len(good) // 2], 422, "cannot be decoded"),
+             ("bomb.png", declared_png(20000, 20000), 413, "megapixels"),
+             ("huge.png", declared_png(7000, 7000, rows=7000), 413, "7000 x 7000 pixels")]
+    assert len(cases[2][1]) < 120 and len(cases[3][1]) < 1_000_000
+    for name, data, status, words in cases:
+        code, body = post(url, name, data)
+        assert code == status and words in body["error"] and set(body) == {"error"}, (name, code, body)
+    code, body = post(url + "?topk=0", "bird.jpg", good)
+    assert code == 422 and "topk" in body["error"] and set(body) == {"error"}
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(server.url + "/api/nope", timeout=30)
+    assert e.value.code == 404 and "error" in json.loads(e.value.read())
+    # a body over the limit: refused from its Content-Length before it is sent, and while it streams without one
+    body, ctype = multipart("big.jpg", b"\0" * (200 * 10**6))
+    head = (f"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode()
+    status, answer, seconds = raw_post(server.port, head, [body[:1000]], pause=0.5)
+    assert status == 413 and "200.0 MB" in answer["error"] and "limit is 1 MB" in answer["error"] and seconds < 10
+    head = (f"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\nTransfer-Encoding: chunked\r\n\r\n"
+            ).encode()
+    piece = b"\0" * 65536
+    pieces = [body[:300]] + [piece] * 100  # the multipart head, then 6.5 MB of the file if all were sent
+    chunks = [f"{len(c):x}\r\n".encode() + c + b"\r\n" for c in pieces]
+    status, answer, _ = raw_post(server.port, head, chunks)
+    assert status == 413 and "passed the limit of 1 MB" in answer["error"]
+    code, body = post(url + "?overlay=true", "bird.jpg", good)  # still serving
     assert code == 200 and len(body["top"]) == 5 and body["overlay"].startswith("data:image/png")
     with urllib.request.urlopen(server.url + "/api/info", timeout=30) as r:
         info = json.loads(r.read())
     assert info["method"] == "baseline" and info["preprocessing"]["img_size"] == 64
+    with urllib.request.urlopen(server.url + "/api/docs", timeout=30) as r:
+        page = r.read().decode()
+    assert "/api/predict" in page and "<script" not in page and "cdn" not in page.lower()
+
+
+def test_rgba_and_16_bit_pngs_get_the_top_5_of_fgvc_predict(server, run_dir, tmp_path):
+    from fgvc.inference import Predictor
+
+    rgb = np.asarray(Image.open(an_image(run_dir)).convert("RGB").resize((64, 64)))
+    alpha = np.zeros((64, 64), np.uint8)
+    alpha[16:48, 16:48] = 255  # a transparent border: composited over white, not black
+    Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(tmp_path / "rgba.png")
+    grey = (np.asarray(Image.fromarray(rgb).convert("L")).astype(np.uint16) * 257)
+    Image.fromarray(grey).save(tmp_path / "deep.png")  # a 16-bit greyscale PNG
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    predictor = Predictor(run_dir, device="cpu")
+    for f in ("rgba.png", "deep.png"):
+        expected = predictor.predict([tmp_path / f], topk=5)[0]
+        code, body = post(server.url + "/api/predict", f, (tmp_path / f).read_bytes())
+        assert code == 200, body
+        assert [p["name"] for p in body["top"]] == [p["name"] for p in expected], f
+        assert np.allclose([p["prob"] for p in body["top"]], [p["prob"] for p in expected], atol=1e-5), f
+
+
+def test_requests_that_arrive_together_are_batched_and_answered_as_alone(server, run_dir):
+    images = sorted(Path(an_image(run_dir)).parent.parent.rglob("*.jpg"))[:12]
+    alone = [post(server.url + "/api/predict?topk=3", p.name, p.read_bytes())[1]["top"] for p in images]
+    before = (server.service.batches, server.service.batched)
+    answers: dict[int, list] = {}
+
+    def client(i):
+        answers[i] = post(server.url + "/api/predict?topk=3", images[i].name, images[i].read_bytes())[1]["top"]
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(images))]
+    for t in threads:
+        t.start()
+    info_seconds = []
+    for _ in range(5):  # the event loop answers while the predictions run
+        t0 = time.time()
+        with urllib.request.urlopen(server.url + "/api/info", timeout=30) as r:
+            assert r.status == 200
+        info_seconds.append(time.time() - t0)
+    for t in threads:
+        t.join()
+    passes, imgs = server.service.batches - before[0], server.service.batched - before[1]
+    assert imgs == len(images) and passes < imgs  # some forward passes held several requests
+    for i, top in answers.items():
+        assert [p["name"] for p in top] == [p["name"] for p in alone[i]]
+        assert np.allclose([p["prob"] for p in top], [p["prob"] for p in alone[i]], atol=1e-5)
+    assert max(info_seconds) < 2.0, info_seconds

@@ -23,27 +23,28 @@ from .table import RecordTable
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated JPEG is an error, never silently grey
 
 
-def load_rgb(path: str, crop_bottom: int = 0) -> Image.Image:
-    """Opens an image fully decoded as 8-bit RGB.
+def to_rgb(im: Image.Image) -> Image.Image:
+    """A decoded image as 8-bit RGB, the one conversion every path uses (training, predict, serve): transparency
+    composited over white, 16-bit and 32-bit grey scaled to 8 bits, every other mode converted; a new image."""
+    if im.mode == "RGBA" or im.mode == "LA" or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        bg = Image.new("RGB", im.size, (255, 255, 255))
+        bg.paste(im, mask=im.getchannel("A"))
+        return bg
+    if im.mode.startswith("I;16") or im.mode == "I":
+        return im.point(lambda v: v * (1 / 256)).convert("L").convert("RGB")
+    return im.convert("RGB") if im.mode != "RGB" else im.copy()
 
-    Grayscale, palette, CMYK, 16-bit and RGBA images are converted (alpha is dropped).
+
+def load_rgb(path, crop_bottom: int = 0) -> Image.Image:
+    """Opens an image (a path or a binary file object) fully decoded as 8-bit RGB (:func:`to_rgb`).
 
     Raises:
         OSError / ValueError / PIL errors for a missing, empty, truncated or non-image file.
     """
     with Image.open(path) as im:
         im.load()
-        if im.mode == "RGBA" or im.mode == "LA" or (im.mode == "P" and "transparency" in im.info):
-            im = im.convert("RGBA")
-            bg = Image.new("RGB", im.size, (255, 255, 255))
-            bg.paste(im, mask=im.getchannel("A"))
-            im = bg
-        elif im.mode.startswith("I;16") or im.mode == "I":
-            im = im.point(lambda v: v * (1 / 256)).convert("L").convert("RGB")
-        elif im.mode != "RGB":
-            im = im.convert("RGB")
-        else:
-            im = im.copy()
+        im = to_rgb(im)
     if crop_bottom:
         im = im.crop((0, 0, im.width, max(1, im.height - crop_bottom)))
     return im
