@@ -436,6 +436,8 @@ def _cell(v: Any, fmt: str = "{:.2f}") -> str:
 
 def build_page(summary: dict[str, Any], out: Path, shown: dict[str, list[str]]) -> Path:
     """``OUT/index.html``: a page that opens from the folder (no server, nothing to install)."""
+    from .report import html_page
+
     e = html.escape
     base = summary["baseline"]
     runs = summary["runs"]
@@ -526,14 +528,11 @@ def build_page(summary: dict[str, Any], out: Path, shown: dict[str, list[str]]) 
     parts.append("<h2>How each run was trained</h2><ul>" + "".join(
         f"<li><b>{e(r['name'])}</b>: <code>{e(r['command'])}</code></li>" for r in runs) + "</ul>")
     parts.append("<p>Numbers: <a href='results.json'>results.json</a>, <a href='results.csv'>results.csv</a>.</p>")
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>fgvc compare: "
-            f"{e(summary.get('title') or summary['dataset'])}</title><style>body{{font-family:sans-serif;margin:2em;"
-            "max-width:1600px}}table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;"
-            "vertical-align:top}.good{background:#e3f6e3}.bad{background:#fbe3e3}.noise{color:#666}.big{font-size:1.1em}"
-            "img.plot{max-width:100%;border:1px solid #ddd}img.overlay{max-width:320px}code{font-size:.85em}"
-            "</style></head><body>" + "\n".join(parts) + "</body></html>\n")
     path = out / "index.html"
-    path.write_text(page)
+    path.write_text(html_page(f"fgvc compare: {summary.get('title') or summary['dataset']}", parts,
+                              "table{margin:.5em 0}td,th{vertical-align:top}.good{background:#e3f6e3}"
+                              ".bad{background:#fbe3e3}.noise{color:#666}img.overlay{max-width:320px}"
+                              "code{font-size:.85em}"))
     return path
 
 

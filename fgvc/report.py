@@ -308,15 +308,19 @@ def build_html(run_dir: Path) -> Path:
                      "(the legend under each figure names each colour), and the method's maps.</p>")
         parts += [f"<div class='overlay'><img src='explain/{p.name}' alt='{html.escape(p.stem)}'></div>"
                   for p in overlays]
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>fgvc report: "
-            f"{html.escape(run_dir.name)}</title><style>body{{font-family:sans-serif;margin:2em;max-width:1500px}}"
-            "img.plot{max-width:100%;border:1px solid #ddd}img.pair{display:block;margin:.5em 0}"
-            ".overlay img{max-width:100%;margin:.5em 0;border:1px solid #ddd}.warn{color:#b00}"
-            "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px}.big{font-size:1.15em}"
-            "</style></head><body>" + "\n".join(parts) + "</body></html>\n")
     out = folder / "index.html"
-    out.write_text(page)
+    out.write_text(html_page(f"fgvc report: {run_dir.name}", parts, "img.pair{display:block;margin:.5em 0}"
+                             ".overlay img{max-width:100%;margin:.5em 0;border:1px solid #ddd}.warn{color:#b00}"))
     return out
 
 
-__all__ = ["write_split_report", "write_final_report", "write_overlays", "build_html", "save_predictions"]
+def html_page(title: str, parts: Sequence[str], style: str = "") -> str:
+    """A page that opens from its folder (no server, nothing from the network): ``parts`` in a body with fgvc's
+    common style and ``style`` added."""
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>" + html.escape(title) + "</title><style>"
+            "body{font-family:sans-serif;margin:2em;max-width:1600px}img.plot{max-width:100%;border:1px solid #ddd}"
+            "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px}.big{font-size:1.15em}"
+            + style + "</style></head><body>" + "\n".join(parts) + "</body></html>\n")
+
+
+__all__ = ["write_split_report", "write_final_report", "write_overlays", "build_html", "save_predictions", "html_page"]

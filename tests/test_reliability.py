@@ -182,14 +182,23 @@ def test_resume_with_another_world_size_is_refused(reference, synth_root, tmp_pa
     assert code != 0 and "saved by 1 process(es), this run has 2" in log
 
 
-def test_two_processes_match_one_with_the_same_global_batch(synth_root, tmp_path):
-    common = ["model.backbone=test_vit", "data.img_size=32", "train.epochs=2", "train.keep_checkpoints=0",
-              "train.optimizer=sgd", "train.lr=0.05"]
-    one = tmp_path / "one"
-    code, log = run(args_for(synth_root, one, *common, "data.batch_size=8"))
+VIT_RUN = ["model.backbone=test_vit", "data.img_size=32", "train.epochs=2", "train.keep_checkpoints=0",
+           "train.optimizer=sgd", "train.lr=0.05"]
+
+
+@pytest.fixture(scope="module")
+def one_process(synth_root, tmp_path_factory) -> Path:
+    """One process at the global batch of 8: what two processes (or two nodes) of batch 4 must equal."""
+    out = tmp_path_factory.mktemp("one") / "run"
+    code, log = run(args_for(synth_root, out, *VIT_RUN, "data.batch_size=8"))
     assert code == 0, log
+    return out
+
+
+def test_two_processes_match_one_with_the_same_global_batch(synth_root, tmp_path, one_process):
+    one = one_process
     two = tmp_path / "two"
-    code, log = run(args_for(synth_root, two, *common, "data.batch_size=4"), torchrun=2)
+    code, log = run(args_for(synth_root, two, *VIT_RUN, "data.batch_size=4"), torchrun=2)
     assert code == 0, log
     assert_same_params(one / "last.pt", two / "last.pt", atol=1e-5)
     # one set of files, written once by rank 0
@@ -279,21 +288,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_nodes_on_one_host_train_checkpoint_and_evaluate_as_one_run(synth_root, tmp_path):
+def test_two_nodes_on_one_host_train_checkpoint_and_evaluate_as_one_run(synth_root, tmp_path, one_process):
     """Two torchrun agents as two nodes (c10d rendezvous on 127.0.0.1, gloo, one process each): one run, the
     same parameters as one process with the same global batch."""
-    common = ["model.backbone=test_vit", "data.img_size=32", "train.epochs=2", "train.keep_checkpoints=0",
-              "train.optimizer=sgd", "train.lr=0.05"]
-    one = tmp_path / "one"
-    code, log = run(args_for(synth_root, one, *common, "data.batch_size=8"))
-    assert code == 0, log
+    one = one_process
     nodes = tmp_path / "nodes"
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
                                 "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=fgvc-test",
                                 f"--node_rank={rank}", "--max-restarts=0", RUNNER,
-                                *args_for(synth_root, nodes, *common, "data.batch_size=4"), "--resume", "auto"],
+                                *args_for(synth_root, nodes, *VIT_RUN, "data.batch_size=4"), "--resume", "auto"],
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
               for rank in (0, 1)]
     logs = [a.communicate(timeout=300)[0] for a in agents]

@@ -86,8 +86,10 @@ class DatasetIndex:
         """The records of the given splits, in reader order."""
         present = self.records.present_splits()
         if not set(splits) & set(present):
+            hint = ("; a folder without split folders (train/, test/) gets a seeded, stratified test split with "
+                    "data.options.test_fraction=0.2") if self.name in ("folder", "csv") else ""
             raise DataError(f"{self.name}: no images in split(s) {sorted(set(splits) - set(present))}; "
-                            f"this dataset has {sorted(present)}")
+                            f"this dataset has {sorted(present)}{hint}")
         return self.records.take(np.nonzero(self.records.split_mask(splits))[0])
 
     def first_classes(self, n: int) -> "DatasetIndex":
