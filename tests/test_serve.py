@@ -211,3 +211,13 @@ def test_requests_that_arrive_together_are_batched_and_answered_as_alone(server,
         assert [p["name"] for p in top] == [p["name"] for p in alone[i]]
         assert np.allclose([p["prob"] for p in top], [p["prob"] for p in alone[i]], atol=1e-5)
     assert max(info_seconds) < 2.0, info_seconds
+
+
+@pytest.mark.parametrize("method", ["cal", "pmg"])
+def test_cal_and_pmg_are_served_with_their_overlays(method, smoke_run):
+    from fgvc.serve import create_app
+
+    run = smoke_run(method)
+    with BackgroundServer(create_app(run, device="cpu")) as s:
+        code, body = post(s.url + "/api/predict?overlay=true", "x.jpg", an_image(run).read_bytes())
+    assert code == 200 and len(body["top"]) == 5 and body["overlay"].startswith("data:image/png;base64,")

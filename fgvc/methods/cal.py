@@ -72,7 +72,7 @@ class CAL(WSDAN):
     paper = ("Rao et al., Counterfactual Attention Learning for Fine-Grained Visual Categorization and "
              "Re-identification, ICCV 2021, arXiv 2108.08728")
     code = "https://github.com/raoyongming/CAL"
-    backbones = ("any timm model with multi-stage features (CNNs: ResNet, EfficientNet, ConvNeXt, ...); ResNet-101 "
+    backbones = ("any timm CNN with stages (ResNet, EfficientNet, ConvNeXt, ...): the stage at stride 16; ResNet-101 "
                  "with its last stage at stride 16 in the paper")
     fc_bias = False
     bap_eps = 1e-6
