@@ -34,6 +34,7 @@ configurations:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal, Union
 
@@ -162,7 +163,8 @@ class HERBS(Method):
         lambda_comb: float = 1.0
         lambda_refine: float = 1.375  # needs bottom_up
         temperature: float = 64.0
-        temperature_step: int = 10  # epochs between halvings
+        # epochs between halvings; auto: the official ratio to the run's length (10 of 80 epochs: eight halvings)
+        temperature_step: Union[float, Literal["auto"]] = 10
         combiner_dropout: float = 0.1
 
     @classmethod
@@ -232,7 +234,9 @@ class HERBS(Method):
     # -- schedule and state ---------------------------------------------------------------------------
 
     def on_epoch_start(self, epoch: int, total_epochs: int) -> None:
-        self.temperature = self.cfg.temperature * 0.5 ** (epoch // self.cfg.temperature_step)
+        step = self.cfg.temperature_step
+        step = max(total_epochs, 1) / 8 if step == "auto" else float(step)
+        self.temperature = self.cfg.temperature * 0.5 ** math.floor(epoch / step)
 
     def state_for_checkpoint(self) -> dict:
         return {"temperature": self.temperature}
