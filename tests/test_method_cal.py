@@ -80,8 +80,12 @@ def test_centers_update_as_the_official_indexed_add():
     f = F.normalize(torch.randn(6, c0.shape[1]), dim=-1)
     y = torch.tensor([1, 3, 1, 0, 3, 1])  # duplicates
     model.center_loss(f, y)
+    # feature_center[y] += beta * (f - c_hat): an indexed assignment, so a label seen twice keeps one update;
+    # fgvc keeps the last (torch leaves the choice unspecified: written here as the sequential writes)
     official = c0.clone()
-    official[y] += 0.05 * (f - F.normalize(c0[y], dim=-1))  # feature_center[y] += beta * (f - c_hat)
+    step = 0.05 * (f - F.normalize(c0[y], dim=-1))
+    for i in range(len(y)):
+        official[y[i]] = c0[y[i]] + step[i]
     assert torch.allclose(model.centers, official, atol=1e-6)
     assert torch.equal(model.centers[2], c0[2])
 

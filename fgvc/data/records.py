@@ -15,30 +15,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import DataError
+from .record import Record
 from .table import RecordTable
-
-
-@dataclass
-class Record:
-    """One annotated image.
-
-    Attributes:
-        path: The image file.
-        label: Contiguous class index in ``0..K-1``.
-        split: The official split it belongs to (``train``, ``val``, ``test``, ...).
-        box: Object box ``(x, y, w, h)`` in pixels of the original image, where the dataset has one.
-        parts: ``[P, 3]`` array of ``(x, y, visible)`` part locations in pixels, where the dataset has them.
-        crop_bottom: Pixels to cut from the bottom when decoding (FGVC-Aircraft's copyright banner).
-        extra: Other per-image annotations (hierarchy levels, species, image id).
-    """
-
-    path: str
-    label: int
-    split: str
-    box: Optional[tuple[float, float, float, float]] = None
-    parts: Optional[np.ndarray] = None
-    crop_bottom: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -11,7 +11,7 @@ private memory then does not grow with the number of records.
 Why numpy and not Arrow: the columns are a few flat arrays that torch's loader, the split code and the cache
 already speak (``np.save``/``np.load(mmap_mode="r")``); Arrow would add a dependency for the same layout.
 
-It is a ``Sequence[Record]``: ``table[i]`` and iteration give :class:`~fgvc.data.records.Record` objects made on
+It is a ``Sequence[Record]``: ``table[i]`` and iteration give :class:`~fgvc.data.record.Record` objects made on
 demand, so every consumer of records keeps working; the hot paths (``path``, ``labels``, ``take``,
 ``select``) never make them. :meth:`save` and :meth:`load` write and map the columns as ``.npy`` files (the
 index cache, :mod:`fgvc.data.cache`).
@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Union
 
 import numpy as np
+
+from .record import Record
 
 
 class Strings:
@@ -128,7 +130,7 @@ class RecordTable(Sequence):
 
     @classmethod
     def from_records(cls, records: Iterable) -> "RecordTable":
-        """The table of a list of :class:`~fgvc.data.records.Record` (what most readers build)."""
+        """The table of a list of :class:`~fgvc.data.record.Record` (what most readers build)."""
         records = list(records)
         n = len(records)
         split_names = list(dict.fromkeys(r.split for r in records))
@@ -171,9 +173,7 @@ class RecordTable(Sequence):
         return 0 if self.crop_bottom is None else int(self.crop_bottom[i])
 
     def record(self, i: int):
-        """Record ``i`` as a :class:`~fgvc.data.records.Record` (made on demand)."""
-        from .records import Record
-
+        """Record ``i`` as a :class:`~fgvc.data.record.Record` (made on demand)."""
         i = int(i)
         box = None
         if self.boxes is not None and not np.isnan(self.boxes[i, 0]):

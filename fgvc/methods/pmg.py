@@ -74,11 +74,16 @@ def head(c_in: int, width: int, num_classes: int) -> nn.Sequential:
 
 def jigsaw_permutation(n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Which piece ends up where: ``perm[c]`` is the piece (row-major index) shown at cell ``c`` after the
-    official procedure: a random order of the ``n * n`` cells, each swapped in turn with cell 0."""
-    perm = list(range(n * n))
-    for c in torch.randperm(n * n, generator=generator).tolist():
-        perm[0], perm[c] = perm[c], perm[0]
-    return torch.tensor(perm)
+    official procedure: a random order of the ``n * n`` cells, each swapped in turn with cell 0.
+
+    Those swaps move the piece at 0 to the first other cell drawn, that cell's piece to the next, ..., and the
+    last one's piece to 0: one cycle through every cell in a uniform random order (no piece stays in place).
+    Drawn in that closed form, with tensor operations only, so a compiled step neither breaks nor recompiles
+    on the draw.
+    """
+    m = n * n
+    cycle = torch.cat([torch.zeros(1, dtype=torch.long), torch.randperm(m - 1, generator=generator) + 1])
+    return torch.empty(m, dtype=torch.long).scatter_(0, cycle, cycle.roll(1))
 
 
 def jigsaw(images: torch.Tensor, n: int, perm: Optional[torch.Tensor] = None,

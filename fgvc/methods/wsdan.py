@@ -203,8 +203,9 @@ class WSDAN(Method):
                     order = torch.arange(len(y), device=y.device)
                     last = torch.full((self.centers.shape[0],), -1, dtype=order.dtype, device=y.device)
                     last = last.scatter_reduce(0, y, order, "amax")
-                    keep = last[y] == order
-                    self.centers.index_copy_(0, y[keep], self.centers[y[keep]] + step[keep])
+                    # every class at once (no boolean selection: a compiled step keeps one graph)
+                    seen = (last >= 0).unsqueeze(1)
+                    self.centers.copy_(torch.where(seen, self.centers + step[last.clamp(min=0)], self.centers))
         return loss
 
     def training_step(self, images: torch.Tensor, targets: torch.Tensor, ctx: StepContext) -> StepOutput:
