@@ -12,7 +12,7 @@ backbone; the sets of one backbone make one comparison (``OUT/DATASET-BACKBONE/i
   time (scales, part layer, patch stride, contrastive term, head initialization); the plain ViT's head init;
 - ``lr``: the official learning rates of WS-DAN, CAL, PMG, PIM and HERBS instead of their finetune recipes'.
 
-``--mode cpu`` trains the CNNs at 160 px and the ViTs at 224 px with short budgets (Cars-196: its first 50
+``--mode cpu`` trains the CNNs at 160 px and the ViTs at 224 px with short budgets (Cars-196: its first 30
 classes) so that a whole set finishes on 2 cores; ``--mode gpu`` uses the dataset file's budget (448 px, every
 class), several runs at once on one GPU.
 """
@@ -71,7 +71,7 @@ SETS: dict[str, tuple[str, list[RunSpec]]] = {
 # mode -> dataset -> (CNN size, ViT size, epochs, classes); None keeps the dataset file's. The ViT-Tiny runs stay at
 # its own 224 px on the CPU: the questions about the ViT methods there are about learning, not resolution.
 MODES: dict[str, dict[str, tuple[Optional[int], Optional[int], Optional[int], Optional[int]]]] = {
-    "cpu": {"flowers17": (160, 224, 10, None), "cars196": (160, 224, 5, 50)},
+    "cpu": {"flowers17": (160, 224, 10, None), "cars196": (160, 224, 5, 30)},
     "gpu": {"flowers17": (448, 448, None, None), "cars196": (448, 448, None, None)},
 }
 
