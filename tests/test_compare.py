@@ -79,7 +79,7 @@ def test_bench_data_plans_one_comparison_per_backbone(tmp_path):
     lite = plans[0]
     assert [r.name for r in lite.runs][:8] == ["baseline", "dbgce", "wsdan", "cal", "pmg", "pim", "herbs",
                                               "wsdan official lr"]
-    assert lite.budget.classes == 50 and lite.budget.img_size == 160 and lite.out.name == "cars196-lite0"
+    assert lite.budget.classes == 30 and lite.budget.img_size == 160 and lite.out.name == "cars196-lite0"
     assert [r.name for r in plans[1].runs] == ["baseline", "transfg", "rams_trans", "baseline, ViT methods' optimizer"]
     assert plans[1].budget.img_size == 224
 
