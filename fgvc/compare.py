@@ -100,9 +100,26 @@ def dataset_file(name: str) -> Optional[Path]:
     return path if path.is_file() else None
 
 
-def finetune_recipe(method: str) -> Path:
-    """A method's fine-tuning recipe, ``METHOD/finetune``."""
+def finetune_recipe(method: str, backbone: Optional[str] = None) -> Path:
+    """A method's fine-tuning recipe: ``METHOD/finetune_vit`` where the method has one and ``backbone`` is a plain
+    ViT (the baseline: the CNN rates diverge there), else ``METHOD/finetune``."""
+    vit = RECIPES / method / "finetune_vit.yaml"
+    if backbone and vit.is_file() and plain_vit(backbone):
+        return vit
     return recipe_path(method, "finetune")
+
+
+def plain_vit(backbone: str) -> bool:
+    """Whether timm's ``backbone`` is a plain ViT (built on the meta device: no memory, no weights)."""
+    import torch
+
+    from .backbones import create_backbone, is_vit
+
+    try:
+        with torch.device("meta"):
+            return is_vit(create_backbone(backbone))
+    except Exception:  # noqa: BLE001 - an unknown name is reported where the run builds its model
+        return False
 
 
 def methods_for(backbone: str, img_size: int = 224) -> tuple[list[str], dict[str, str]]:
@@ -125,7 +142,7 @@ def methods_for(backbone: str, img_size: int = 224) -> tuple[list[str], dict[str
 def command(c: Comparison, run: RunSpec, workers: int) -> list[str]:
     """The ``fgvc train`` arguments of one run (recipe files, then key=value settings, later ones winning)."""
     preset = dataset_file(c.dataset)
-    items = [str(finetune_recipe(run.method))] + ([str(preset)] if preset else [f"data.dataset={c.dataset}"])
+    items = [str(finetune_recipe(run.method, c.backbone))] + ([str(preset)] if preset else [f"data.dataset={c.dataset}"])
     if c.root:
         items.append(f"data.root={Path(c.root).expanduser().resolve()}")
     items += [f"model.backbone={c.backbone}", "model.pretrained=true"]

@@ -80,7 +80,7 @@ def test_bench_data_plans_one_comparison_per_backbone(tmp_path):
     assert [r.name for r in lite.runs][:8] == ["baseline", "dbgce", "wsdan", "cal", "pmg", "pim", "herbs",
                                               "wsdan official lr"]
     assert lite.budget.classes == 30 and lite.budget.img_size == 160 and lite.out.name == "cars196-lite0"
-    assert [r.name for r in plans[1].runs] == ["baseline", "transfg", "rams_trans", "baseline, ViT methods' optimizer"]
+    assert [r.name for r in plans[1].runs] == ["baseline", "transfg", "rams_trans"]
     assert plans[1].budget.img_size == 224
 
 
@@ -132,3 +132,19 @@ def test_compare_on_17_flowers_writes_the_page_and_a_rerun_trains_nothing(tmp_pa
     assert main(args) == 0
     assert "nothing to train" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("last.pt")} == stamps
+
+
+def test_a_plain_vit_baseline_gets_the_vit_finetune_recipe():
+    """The baseline's CNN rates diverge on a plain ViT: compare trains the baseline there with finetune_vit (the
+    ViT methods' optimizer); methods without a finetune_vit, and CNNs, keep METHOD/finetune."""
+    from fgvc.compare import finetune_recipe
+    from fgvc.config import load_config
+
+    vit = finetune_recipe("baseline", "vit_tiny_patch16_224")
+    assert vit.name == "finetune_vit.yaml"
+    cfg = load_config(str(vit))
+    assert (cfg.train.lr, cfg.train.head_lr_scale, cfg.train.clip_grad, cfg.train.weight_decay) == (0.03, 1.0, 1.0, 0.0)
+    assert cfg.train.warmup_fraction == load_config(str(finetune_recipe("baseline"))).train.warmup_fraction
+    assert finetune_recipe("baseline", "efficientnet_lite0").name == "finetune.yaml"
+    assert finetune_recipe("transfg", "vit_tiny_patch16_224").name == "finetune.yaml"
+    assert finetune_recipe("baseline", "no_such_model").name == "finetune.yaml"
