@@ -158,3 +158,21 @@ def test_loader_workers_do_not_copy_the_records(tmp_path):
     objs_big = _run("workers", str(big), "2", "objects")["mean_private_mib"]
     assert cols_big - cols_small < 3, (cols_small, cols_big)
     assert objs_big - cols_big > 6, (cols_big, objs_big)  # ~0.2 KiB a record per worker with objects
+
+
+def test_strings_take_gathers_in_blocks_as_at_once(monkeypatch):
+    """take() gathers a block of strings at a time (bounded memory at iNaturalist size): any order, repeats and
+    empty strings give the strings asked for; every string in order keeps the buffer."""
+    import fgvc.data.table as table_module
+    from fgvc.data.table import Strings
+
+    words = ["a", "bcd", "", "efgh", "ij", "k", "lmnop", "q"]
+    buffer = np.frombuffer("".join(words).encode(), dtype=np.uint8)
+    strings = Strings(buffer, np.cumsum([0] + [len(w) for w in words]), "")
+    idx = np.array([6, 0, 2, 3, 3, 1, 5, 7, 2])
+    for block in (1, 3, 1 << 16):
+        monkeypatch.setattr(table_module, "_TAKE_BLOCK", block)
+        got = strings.take(idx)
+        assert [bytes(got.buffer[got.offsets[i]:got.offsets[i + 1]]).decode() for i in range(len(idx))] == \
+            [words[i] for i in idx]
+    assert strings.take(np.arange(len(words))).buffer is buffer

@@ -30,6 +30,9 @@ import numpy as np
 from .record import Record
 
 
+_TAKE_BLOCK = 1 << 16  # strings gathered at once by Strings.take
+
+
 class Strings:
     """Many strings as one UTF-8 buffer and ``n + 1`` offsets (after a common ``prefix``)."""
 
@@ -58,17 +61,23 @@ class Strings:
         return self.prefix + self.raw(i).decode()
 
     def take(self, idx: np.ndarray) -> "Strings":
+        idx = np.asarray(idx, dtype=np.int64)
+        n = len(self.offsets) - 1
+        if len(idx) == n and (n == 0 or (idx[0] == 0 and np.all(np.diff(idx) == 1))):
+            return Strings(self.buffer, self.offsets, self.prefix)  # every string in order: nothing to gather
         starts, ends = self.offsets[idx], self.offsets[idx + 1]
         lengths = ends - starts
         offsets = np.zeros(len(idx) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        if len(idx) and int(offsets[-1]):
-            # the bytes of every kept string, gathered at once: each byte's source is its string's start plus its
-            # position inside it
-            within = np.arange(int(offsets[-1]), dtype=np.int64) - np.repeat(offsets[:-1], lengths)
-            buffer = self.buffer[np.repeat(starts, lengths) + within]
-        else:
-            buffer = np.zeros(0, dtype=np.uint8)
+        buffer = np.empty(int(offsets[-1]), dtype=np.uint8)
+        # the bytes of the kept strings, gathered a block of strings at a time (each byte's source is its string's
+        # start plus its position inside it): the index arrays are 8 bytes a byte, so a block bounds their memory
+        for a in range(0, len(idx), _TAKE_BLOCK):
+            b = min(a + _TAKE_BLOCK, len(idx))
+            lo, hi = int(offsets[a]), int(offsets[b])
+            if hi > lo:
+                within = np.arange(lo, hi, dtype=np.int64) - np.repeat(offsets[a:b], lengths[a:b])
+                buffer[lo:hi] = self.buffer[np.repeat(starts[a:b], lengths[a:b]) + within]
         return Strings(buffer, offsets, self.prefix)
 
 
