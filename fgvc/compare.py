@@ -110,14 +110,12 @@ def finetune_recipe(method: str, backbone: Optional[str] = None) -> Path:
 
 
 def plain_vit(backbone: str) -> bool:
-    """Whether timm's ``backbone`` is a plain ViT (built on the meta device: no memory, no weights)."""
-    import torch
-
-    from .backbones import create_backbone, is_vit
+    """Whether timm's ``backbone`` is a plain ViT (probed on the meta device: no memory, no weights)."""
+    from .backbones import is_vit
+    from .methods.base import Method, ModelSpec
 
     try:
-        with torch.device("meta"):
-            return is_vit(create_backbone(backbone))
+        return is_vit(Method.probe_backbone(ModelSpec(backbone=backbone, num_classes=2)))
     except Exception:  # noqa: BLE001 - an unknown name is reported where the run builds its model
         return False
 
