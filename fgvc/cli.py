@@ -574,8 +574,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "SETs' runs")
     bd.add_argument("--data", help="folder with flowers17/, cars196/ and the weight files; default: ../shared/data")
     bd.add_argument("--mode", default="cpu", choices=["cpu", "gpu"],
-                    help="cpu: 160 px CNNs, 224 px ViTs, short budgets (Cars-196: its first 30 classes); gpu: 448 px, every "
-                    "class, the dataset file's budget")
+                    help="cpu: 160 px CNNs, 224 px ViTs, short budgets (Cars-196: its first 30 classes); gpu: 448 px, "
+                    "every class, the dataset file's budget")
     bd.add_argument("--epochs", type=int, help="epochs of every run; default: the mode's")
     bd.add_argument("--classes", type=int, help="only the first N classes; default: the mode's")
     bd.add_argument("--parallel", type=int, default=0, help="runs at once (0: one on a CPU, by memory on a GPU)")

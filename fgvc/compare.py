@@ -140,7 +140,8 @@ def methods_for(backbone: str, img_size: int = 224) -> tuple[list[str], dict[str
 def command(c: Comparison, run: RunSpec, workers: int) -> list[str]:
     """The ``fgvc train`` arguments of one run (recipe files, then key=value settings, later ones winning)."""
     preset = dataset_file(c.dataset)
-    items = [str(finetune_recipe(run.method, c.backbone))] + ([str(preset)] if preset else [f"data.dataset={c.dataset}"])
+    items = [str(finetune_recipe(run.method, c.backbone))]
+    items += [str(preset)] if preset else [f"data.dataset={c.dataset}"]
     if c.root:
         items.append(f"data.root={Path(c.root).expanduser().resolve()}")
     items += [f"model.backbone={c.backbone}", "model.pretrained=true"]
