@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from datetime import timedelta
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -48,6 +49,21 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return dev
 
 
+def _restart_store(world: int) -> Optional[dist.Store]:
+    """Under torchrun (its agent's store), the store seen through this restart's own key prefix; None elsewhere.
+
+    The agent keeps one store across the restarts of a group, and the process group's keys (each rank's address)
+    carry no restart number: a restarted rank could read the address of the process it replaces and fail to
+    connect to it. Prefixing the keys with ``TORCHELASTIC_RESTART_COUNT`` makes every restart wait for its own.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or "MASTER_ADDR" not in os.environ:
+        return None
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
+                          timeout=timedelta(minutes=30))
+    return dist.PrefixStore(f"fgvc/restart_{restart}", store)
+
+
 def setup(device: str = "auto") -> DistInfo:
     """Initializes the process group when launched by torchrun; a no-op for a single process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -57,7 +73,12 @@ def setup(device: str = "auto") -> DistInfo:
     if world > 1 and not dist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        store = _restart_store(world)
+        if store is None:
+            dist.init_process_group(backend=backend)
+        else:
+            dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world)
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
 
 
