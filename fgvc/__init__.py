@@ -6,13 +6,16 @@
     predictor.predict(["bird.jpg"], topk=5)
 """
 
-from .registry import create_model, list_methods, register_method
 from .version import __version__
 
 __all__ = ["create_model", "list_methods", "register_method", "load_run", "Predictor", "__version__"]
 
 
-def __getattr__(name):  # keep `import fgvc` light: the inference helpers (torch, timm) load on first use
+def __getattr__(name):  # keep `import fgvc` light: torch, timm and the methods load on first use
+    if name in ("create_model", "list_methods", "register_method"):
+        from . import methods
+
+        return getattr(methods, name)
     if name in ("load_run", "Predictor"):
         from . import inference
 

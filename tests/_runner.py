@@ -19,7 +19,7 @@ import torch
 
 import fgvc.engine.checkpoint as checkpoint
 from fgvc.methods.baseline import Baseline
-from fgvc.registry import register_method
+from fgvc.methods import register_method
 
 fault = os.environ.get("FGVC_TEST_FAULT", "")
 if os.environ.get("FGVC_TEST_PIDS"):  # where a test finds each rank's process: DIR/rank-R.pid (R: RANK)

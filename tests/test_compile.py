@@ -14,7 +14,7 @@ from fgvc.engine.step import StepModule, wrap_step
 from fgvc.losses import build_criterion
 from fgvc.methods.base import StepContext
 from fgvc.recipes import RECIPES
-from fgvc.registry import list_methods
+from fgvc.methods import list_methods
 
 
 def step_result(method: str, compiled: bool, steps: int = 1):

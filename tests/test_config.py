@@ -7,7 +7,7 @@ import yaml
 
 from fgvc.config import RunConfig, load_config, parse_overrides, save_config, to_dict
 from fgvc.errors import ConfigError
-from fgvc.registry import method_config
+from fgvc.methods import method_config
 
 from conftest import ROOT
 

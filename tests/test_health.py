@@ -12,7 +12,7 @@ from fgvc.cli import main
 from fgvc.engine.distributed import DistInfo
 from fgvc.engine.health import LearningCheck
 from fgvc.errors import TrainingError
-from fgvc.registry import list_methods
+from fgvc.methods import list_methods
 
 
 

@@ -13,7 +13,7 @@ from fgvc.errors import ConfigError
 from fgvc.losses import build_criterion
 from fgvc.methods.base import StepContext
 from fgvc.methods.ops import crop_and_zoom
-from fgvc.registry import create_model
+from fgvc.methods import create_model
 
 
 def tiny(**options):

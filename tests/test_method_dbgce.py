@@ -8,7 +8,7 @@ import torch
 from fgvc.config import load_config
 from fgvc.engine.trainer import train
 from fgvc.methods.dbgce import DiversificationBlock
-from fgvc.registry import create_model
+from fgvc.methods import create_model
 
 from conftest import ROOT, tiny_overrides
 

@@ -16,7 +16,7 @@ from fgvc.engine.trainer import train
 from fgvc.losses import build_criterion
 from fgvc.methods.base import StepContext
 from fgvc.methods.herbs import GCNCombiner, background_loss, refinement_loss, select_count
-from fgvc.registry import create_model
+from fgvc.methods import create_model
 
 from conftest import ROOT, tiny_overrides
 

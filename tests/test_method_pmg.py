@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from fgvc.losses import build_criterion
 from fgvc.methods.base import StepContext
 from fgvc.methods.pmg import jigsaw, jigsaw_permutation, official_name
-from fgvc.registry import create_model
+from fgvc.methods import create_model
 
 
 def official_jigsaw(images: torch.Tensor, n: int, order: list) -> torch.Tensor:

@@ -12,7 +12,7 @@ from fgvc.losses import build_criterion
 from fgvc.methods.base import StepContext
 from fgvc.methods.ops import largest_component, mask_box
 from fgvc.methods.rams_trans import map_box, paste_map
-from fgvc.registry import create_model
+from fgvc.methods import create_model
 
 
 def tiny(**kw):

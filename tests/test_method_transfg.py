@@ -11,7 +11,7 @@ from scipy.ndimage import zoom
 
 from fgvc.errors import ConfigError
 from fgvc.losses import contrastive_loss
-from fgvc.registry import create_model
+from fgvc.methods import create_model
 
 from fakes import write_google_vit_npz
 

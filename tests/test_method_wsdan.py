@@ -16,7 +16,7 @@ from fgvc.losses import build_criterion
 from fgvc.methods.base import StepContext
 from fgvc.methods.ops import crop_and_zoom
 from fgvc.methods.wsdan import bilinear_attention_pooling, boxes_from_maps
-from fgvc.registry import create_model
+from fgvc.methods import create_model
 
 from conftest import ROOT, tiny_overrides
 

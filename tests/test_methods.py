@@ -14,7 +14,7 @@ from fgvc.errors import ConfigError
 from fgvc.losses import build_criterion
 from fgvc.methods.base import Explanation, StepContext
 from fgvc.methods.ops import crop_and_zoom
-from fgvc.registry import create_model_from_config, get_method, list_methods, register_method
+from fgvc.methods import create_model_from_config, get_method, list_methods, register_method
 
 from conftest import ROOT
 

@@ -24,7 +24,13 @@ from typing import Any, Callable, ClassVar, Optional
 import torch
 from torch import nn
 
-from ..backbones import StageFeatures, create_backbone, create_stage_backbone, mean_std, stage_info
+from ..backbones import (
+    StageFeatures,
+    create_backbone,
+    create_stage_backbone,
+    mean_std,
+    stage_info,
+)
 
 
 @dataclass

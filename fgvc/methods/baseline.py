@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from ..backbones import num_features, to_nchw
-from ..registry import register_method
 from .base import Explanation, Method, ModelSpec
-from .ops import classifier, class_activation_maps
+from .ops import class_activation_maps, classifier
+from .registry import register_method
 
 
 @register_method

@@ -34,13 +34,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from torch import nn
 
 from ..backbones import create_stage_backbone, remove_stage_stride
 from ..errors import ConfigError
-from ..registry import register_method
 from .base import Explanation, ModelSpec, StepContext, StepOutput
 from .ops import crop_and_zoom, upsample_maps
+from .registry import register_method
 from .wsdan import WSDAN, bilinear_attention_pooling
 
 # (theta, padding) of the test-time crops around the mean attention map

@@ -23,13 +23,12 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import to_nchw
 from ..errors import ConfigError
-from ..registry import register_method
 from .base import Explanation, Method, ModelSpec, StepContext, StepOutput
+from .registry import register_method
 
 
 class DiversificationBlock(nn.Module):

@@ -42,10 +42,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones import StageFeatures, create_stage_backbone, feature_index, forward_flops, stage_at_stride
+from ..backbones import (
+    StageFeatures,
+    create_stage_backbone,
+    feature_index,
+    forward_flops,
+    stage_at_stride,
+)
 from ..errors import ConfigError
-from ..registry import register_method
 from .base import Explanation, Method, ModelSpec, StepContext, StepOutput
+from .registry import register_method
 
 
 def _two_layer(c_in: int, c_out: int) -> nn.Sequential:

@@ -35,8 +35,8 @@ from torch import nn
 
 from ..backbones import forward_flops, stage_at_stride
 from ..errors import ConfigError
-from ..registry import register_method
 from .base import Explanation, Method, ModelSpec, StepContext, StepOutput
+from .registry import register_method
 
 OFFICIAL_WIDTH = 512  # feature_size of the official PMG(net, 512, classes); the blocks give twice it
 

@@ -24,13 +24,19 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..backbones import (create_backbone, record_queries_and_keys, take_queries_and_keys, vit_problem,
-                         vit_set_patch_stride, vit_tokens)
+from ..backbones import create_backbone
 from ..errors import ConfigError
-from ..registry import register_method
 from .base import Explanation, Method, ModelSpec, StepContext, StepOutput
 from .ops import classifier, crop_and_zoom, largest_component, mask_box
+from .registry import register_method
 from .rollout import rollout_row
+from .vit import (
+    record_queries_and_keys,
+    take_queries_and_keys,
+    vit_problem,
+    vit_set_patch_stride,
+    vit_tokens,
+)
 
 
 @register_method

@@ -23,21 +23,26 @@ What fgvc implements (docs/methods.md has the differences):
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Literal, Optional
 
 import torch
 from torch import nn
 
-from ..backbones import (create_backbone, record_queries_and_keys, take_queries_and_keys, vit_problem,
-                         vit_set_patch_stride, vit_tokens)
+from ..backbones import create_backbone
 from ..errors import ConfigError
 from ..losses import contrastive_loss
-from ..registry import register_method
 from .base import Explanation, Method, ModelSpec, StepContext, StepOutput
 from .ops import classifier
+from .registry import register_method
 from .rollout import rollout_row
+from .vit import (
+    record_queries_and_keys,
+    take_queries_and_keys,
+    vit_problem,
+    vit_set_patch_stride,
+    vit_tokens,
+)
 
 
 def official_block_init(block: nn.Module) -> None:

@@ -36,9 +36,9 @@ from torch import nn
 
 from ..backbones import feature_index, stage_at_stride, stage_info
 from ..errors import ConfigError
-from ..registry import register_method
 from .base import Explanation, Method, ModelSpec, StepContext, StepOutput
 from .ops import crop_and_zoom, mask_box, upsample_maps
+from .registry import register_method
 
 
 def bilinear_attention_pooling(features: torch.Tensor, attention: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -244,9 +244,9 @@ def choose_feature_stage(info: list[dict], layer: Union[int, str], backbone: str
     family (``Mixed_6e`` on a ResNet), the stage at the same stride (the name's stride in Inception-V3, the
     paper's backbone; 16 for ``auto``). The choice is added to ``notes``."""
     names = [f["module"] for f in info]
-    paper = {f["module"]: f["reduction"] for f in stage_info("inception_v3")}
-    if layer == "auto" or (isinstance(layer, str) and layer not in names and layer in paper):
-        stride = paper.get(layer, 16)
+    inception_strides = {f["module"]: f["reduction"] for f in stage_info("inception_v3")}  # the paper's backbone
+    if layer == "auto" or (isinstance(layer, str) and layer not in names and layer in inception_strides):
+        stride = inception_strides.get(layer, 16)
         index = stage_at_stride(info, stride)
         why = (f"auto: the stage at stride {stride}, as the paper's Mixed_6e" if layer == "auto" else
                f"method.feature_layer '{layer}' is not a stage of {backbone}; the stage at its stride ({stride}) "
