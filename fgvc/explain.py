@@ -56,7 +56,7 @@ def _normalize(m: torch.Tensor) -> np.ndarray:
     return (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
 
 
-def _text_block(lines: list[tuple[str, tuple[int, int, int]]], width: int) -> Image.Image:
+def text_block(lines: list[tuple[str, tuple[int, int, int]]], width: int) -> Image.Image:
     """Lines of text wrapped to ``width`` pixels (about 7 px per character), each in its colour."""
     font = _font()
     wrapped = [(part, colour) for text, colour in lines for part in textwrap.wrap(text, max(12, width // 7)) or [""]]
@@ -121,13 +121,13 @@ def render(image: np.ndarray, expl: Explanation, i: int, caption: str = "", alph
         panels.append((Image.fromarray((big * (1 - alpha) + heat * alpha).astype(np.uint8)), name))
     titled = []
     for img, title in panels:  # each panel with its full title above it
-        head = _text_block([(title, (0, 0, 0))], img.width)
+        head = text_block([(title, (0, 0, 0))], img.width)
         panel = Image.new("RGB", (img.width, head.height + img.height), (255, 255, 255))
         panel.paste(head, (0, 0))
         panel.paste(img, (0, head.height))
         titled.append(panel)
     width = sum(p.width for p in titled) + 6 * (len(titled) - 1)
-    top = _text_block(caption_lines or [(caption, (0, 0, 0))], width)
+    top = text_block(caption_lines or [(caption, (0, 0, 0))], width)
     legend = _legend(names, width)
     height = top.height + max(p.height for p in titled) + (legend.height if legend else 0)
     out = Image.new("RGB", (width, height), (255, 255, 255))

@@ -98,12 +98,12 @@ def evaluate_run(path: Union[str, Path, Run], data_root: Optional[str] = None, s
         batch_size: Evaluation batch (default: the run's).
 
     Returns:
-        The report (see :func:`fgvc.engine.metrics.classification_report`), also written next to the
+        The report (see :func:`fgvc.report.metrics.classification_report`), also written next to the
         checkpoint as ``report/eval-<split>.{json,md}``.
     """
     from .engine.evaluate import predict_split
-    from .engine.metrics import classification_report
     from .report import write_split_report
+    from .report.metrics import classification_report
 
     run = path if isinstance(path, Run) else load_run(path, device)
     cfg = run.cfg

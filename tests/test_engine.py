@@ -12,7 +12,7 @@ import torch
 from fgvc.config import TrainConfig, load_config
 from fgvc.engine import checkpoint as ckpt
 from fgvc.engine.evaluate import predict_split
-from fgvc.engine.metrics import classification_report
+from fgvc.report.metrics import classification_report
 from fgvc.engine.sampler import ResumableSampler
 from fgvc.engine.trainer import lr_factor, train
 from fgvc.errors import CheckpointError, ConfigError
@@ -106,7 +106,7 @@ def test_report_hand_case():
 def test_eval_halves_batch_on_oom_and_gives_same_result(synth_root):
     from fgvc.data import open_dataset
     from fgvc.data.transforms import Preprocess
-    from fgvc.registry import create_model
+    from fgvc.methods import create_model
 
     index = open_dataset("cub", synth_root)
     model = create_model("baseline", backbone="test_resnet", num_classes=4, img_size=32).eval()
@@ -227,7 +227,7 @@ def test_gpu_check_without_cuda_says_so_and_passes_its_cpu_run(tmp_path):
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "fgvc.gpu_check", "--out", str(tmp_path / "gc")], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "fgvc.bench.gpu_check", "--out", str(tmp_path / "gc")], capture_output=True,
                        text=True, timeout=900, env={**__import__("os").environ, "PYTHONUNBUFFERED": "1"})
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     assert r.stdout.splitlines()[0] == "gpu-check: no CUDA device here; running the same path at tiny sizes on the CPU"

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from fgvc.cli import main
-from fgvc.report import confused_block
+from fgvc.report.plots import confused_block
 
 from browser import chromium
 
@@ -77,7 +77,7 @@ def test_the_confusion_picture_keeps_all_classes_up_to_sixty_then_the_most_confu
 
 
 def test_runs_side_by_side_plot_each_runs_classification_loss(tmp_path):
-    from fgvc.report import plot_run_comparison
+    from fgvc.report.plots import plot_run_comparison
 
     def records(term, start):
         return [{"kind": "train", "step": s, term: start / s, "loss": 9.0, "train_acc": float(s)} for s in (1, 2, 3)]

@@ -13,8 +13,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from ..data.dataset import ImageDataset, leave_signals_to_the_main_process, start_workers
-from ..data.records import Record
+from ..data.dataset import (
+    ImageDataset,
+    leave_signals_to_the_main_process,
+    start_workers,
+)
+from ..data.record import Record
 from .distributed import DistInfo, gather_objects
 from .precision import autocast
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
 from ..methods.base import StepOutput
+from ..report.metrics import METRICS_FILE
 from .distributed import DistInfo, all_reduce_sum
 
 
@@ -21,7 +22,7 @@ class RunLog:
     """Rank 0's ``metrics.jsonl`` (one JSON record per line) and optional TensorBoard scalars."""
 
     def __init__(self, run_dir: Path, info: DistInfo, tensorboard: bool = False):
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run_dir / METRICS_FILE
         self.info = info
         self._file = None
         self._tb = None
@@ -79,18 +80,5 @@ class Window:
         return dict(zip(keys, vec.tolist()))
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The records of a run's ``metrics.jsonl`` (empty when there is none); a torn last line is ignored."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
 
-
-__all__ = ["RunLog", "Window", "read_metrics"]
+__all__ = ["RunLog", "Window"]

@@ -46,25 +46,46 @@ from torch.utils.data import DataLoader
 from ..config import RunConfig, absolute_paths, save_config, to_dict
 from ..data import build_index, check_images, make_splits
 from ..data.cache import cache_key, load_index
-from ..data.dataset import ImageDataset, leave_signals_to_the_main_process, start_workers
+from ..data.dataset import (
+    ImageDataset,
+    leave_signals_to_the_main_process,
+    start_workers,
+)
 from ..data.transforms import Preprocess, build_train_transform, normalization
-from ..errors import EXIT_PREEMPTED, CheckpointError, ConfigError, DataError, FgvcError, Preempted, TrainingError
+from ..errors import (
+    EXIT_PREEMPTED,
+    CheckpointError,
+    ConfigError,
+    DataError,
+    FgvcError,
+    Preempted,
+    TrainingError,
+)
 from ..losses import build_criterion
+from ..methods import create_model_from_config, validate_config
 from ..methods.base import Method, StepContext, StepOutput
-from ..registry import create_model_from_config, validate_config
 from ..report import write_final_report
+from ..report.metrics import classification_report
 from ..version import __version__
 from . import checkpoint as ckpt
-from .distributed import DistInfo, all_reduce_max, barrier, broadcast_object, cleanup, gather_objects, setup
+from .distributed import (
+    DistInfo,
+    all_reduce_max,
+    barrier,
+    broadcast_object,
+    cleanup,
+    gather_objects,
+    setup,
+)
 from .evaluate import predict_split
 from .health import LearningCheck
-from .metrics import classification_report
 from .optim import build_optimizer, lr_factor, set_lr, warmup_steps
 from .precision import amp_dtype, make_scaler
 from .runlog import RunLog, Window
 from .sampler import ResumableSampler
 from .state import resume_problems, rng_state, seed_everything, set_rng_state
 from .step import apply_update, clip_gradients, forward_backward, wrap_step
+
 
 @dataclass
 class TrainResult:

@@ -1,13 +1,20 @@
-"""Evaluation metrics: top-k, mean per-class accuracy, confusion and the most-confused class pairs."""
+"""The arithmetic of an evaluation (top-k, mean per-class accuracy, confusion, the most-confused pairs) and the
+reading of a run's ``metrics.jsonl``: pure functions that the engine, the report, compare and the benchmarks all
+use, so none of them needs another to get at them."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 
 from ..arrays import as_numpy
+from .tables import markdown_table
+
+METRICS_FILE = "metrics.jsonl"  # one JSON record per line, written by the engine's RunLog
 
 
 def topk_correct(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
@@ -73,7 +80,27 @@ def report_markdown(report: dict[str, Any], title: str, topk: int = 5, extra: Op
     for k, v in (extra or {}).items():
         lines.append(f"- {k}: {v}")
     if report["confused_pairs"]:
-        lines += ["", "## Most-confused pairs", "", "| true | predicted as | images |", "|---|---|---|"]
-        lines += [f"| {p['true_name']} | {p['pred_name']} | {p['count']} of {p['of']} |"
-                  for p in report["confused_pairs"]]
+        lines += ["", "## Most-confused pairs", ""]
+        table = markdown_table(["true", "predicted as", "images"],
+                               [[p["true_name"], p["pred_name"], f"{p['count']} of {p['of']}"]
+                                for p in report["confused_pairs"]])
+        return "\n".join(lines) + "\n" + table
     return "\n".join(lines) + "\n"
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The records of a run's ``metrics.jsonl`` (empty when there is none); a torn last line is ignored."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+__all__ = ["METRICS_FILE", "topk_correct", "classification_report", "confusion_matrix", "report_markdown",
+           "read_metrics"]
