@@ -241,7 +241,7 @@ def cmd_data_list(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import bench
+    from .bench.throughput import bench
     from .config import parse_overrides
 
     extra = parse_overrides(_settings(args.options, {"method", "model"}, "bench"))
@@ -282,30 +282,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import Budget, Comparison, RunSpec, dataset_file, methods_for, run_comparison, table
+    from .compare import (
+        Budget,
+        Comparison,
+        check_data,
+        plan_runs,
+        run_comparison,
+        table,
+    )
 
     if args.root and "=" in args.root:  # only key=value settings were given
         args.options.insert(0, args.root)
         args.root = None
-    if args.root is None and not dataset_file(args.dataset):
-        raise FgvcError("compare needs the dataset's folder (or a dataset file: --dataset cars196)")
-    size = args.img_size or 448
-    if args.methods:
-        names = [m.strip() for m in args.methods.split(",") if m.strip()]
-        if "baseline" not in names:
-            names.insert(0, "baseline")
-            print("note: the baseline joins the comparison (every difference is taken against it)")
-    else:
-        names, refused = methods_for(args.backbone, size)
-        for m, why in refused.items():
-            print(f"note: {m} is left out: {why.removeprefix('model.backbone: ')}")
-    runs = [RunSpec(n, n) for n in names]
-    for v in args.variant or []:
-        name, _, rest = v.partition("=")
-        words = rest.split()
-        if not name or not words or any("=" not in w for w in words[1:]):
-            raise FgvcError(f"--variant '{v}': expected 'NAME=METHOD key=value ...'")
-        runs.append(RunSpec(name.strip(), words[0], words[1:]))
+    check_data(args.root, args.dataset)
+    runs, notes = plan_runs(args.methods, args.variant or [], args.backbone, args.img_size)
+    for note in notes:
+        print(f"note: {note}")
     c = Comparison(root=args.root, dataset=args.dataset, backbone=args.backbone, runs=runs, out=Path(args.out),
                    budget=Budget(args.epochs, args.img_size, args.batch_size, args.classes), weights=args.weights,
                    device=args.device, parallel=args.parallel, settings=_settings(args.options),
@@ -316,7 +308,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_data(args: argparse.Namespace) -> int:
-    from .benchdata import main as bench_data
+    from .bench.realdata import main as bench_data
 
     summaries = bench_data(args.sets or ["cnn"], args.data, args.out, args.mode, args.epochs, args.parallel,
                            args.device, only=args.run, dataset=args.dataset, classes=args.classes)
@@ -324,7 +316,7 @@ def cmd_bench_data(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_index(args: argparse.Namespace) -> int:
-    from .benchindex import bench_index, table
+    from .bench.index import bench_index, table
 
     layouts = ("columns", "objects") if args.compare_objects else ("columns",)
     rows = bench_index(args.records, args.workers, Path(args.out), layouts=layouts, classes=args.classes,
@@ -334,7 +326,7 @@ def cmd_bench_index(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_serve(args: argparse.Namespace) -> int:
-    from .benchserve import bench_serve, table
+    from .bench.service import bench_serve, table
 
     rows = bench_serve(args.run, args.image, tuple(args.clients), args.seconds, args.sequential,
                        log=lambda m: print(m, flush=True))
@@ -346,8 +338,8 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
+    from .methods import get_method, list_methods
     from .recipes import list_recipes
-    from .registry import get_method, list_methods
 
     recipes = list_recipes()
     for name in list_methods():
@@ -389,7 +381,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_gpu_check(args: argparse.Namespace) -> int:
-    from .gpu_check import main as gpu_check
+    from .bench.gpu_check import main as gpu_check
 
     return gpu_check(out=args.out, quick=args.quick, speed=args.speed, budget=args.budget)
 
@@ -415,246 +407,247 @@ class _Help(argparse.RawDescriptionHelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     from .version import __version__
 
-    p = argparse.ArgumentParser(prog="fgvc", formatter_class=_Help,
-                                description="Fine-grained visual classification: train, evaluate, predict, explain, "
-                                "export and serve TransFG, RAMS-Trans, WS-DAN, DB+GCE, HERBS/PIM and a baseline.")
-    p.add_argument("--version", action="version", version=f"fgvc {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    parser = argparse.ArgumentParser(prog="fgvc", formatter_class=_Help,
+                                     description="Fine-grained visual classification: train, evaluate, predict, "
+                                     "explain, export, serve and compare TransFG, RAMS-Trans, WS-DAN, DB+GCE, HERBS/PIM, "
+                                     "CAL, PMG and a baseline.")
+    parser.add_argument("--version", action="version", version=f"fgvc {__version__}")
+    subcommands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name: str, help: str, description: str = "") -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, description=description or help, formatter_class=_Help)
+        return subcommands.add_parser(name, help=help, description=description or help, formatter_class=_Help)
 
-    def device_option(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    def device_option(command_parser: argparse.ArgumentParser) -> None:
+        command_parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
 
-    t = command("train", "train a model (a recipe, or --method/--dataset)",
+    train = command("train", "train a model (a recipe, or --method/--dataset)",
                 "Train a model. Arguments: a recipe name (transfg/cub; fgvc methods lists them) or a CONFIG.yaml "
                 "(several are merged in order: wsdan/finetune datasets/cars196), then key=value settings "
                 "(train.lr=0.01 data.root=/data/CUB_200_2011 method.slide_step=16).")
-    t.add_argument("items", nargs="*", metavar="RECIPE | CONFIG.yaml | key=value")
-    t.add_argument("--method", help="method name (fgvc methods); with --dataset, trains the recipe METHOD/DATASET; "
+    train.add_argument("items", nargs="*", metavar="RECIPE | CONFIG.yaml | key=value")
+    train.add_argument("--method", help="method name (fgvc methods); with --dataset, trains the recipe METHOD/DATASET; "
                    "default: the recipe's")
-    t.add_argument("--dataset", help="dataset reader (fgvc data list); default: the recipe's")
-    t.add_argument("--data-root", help="dataset folder (data.root); default: the recipe's")
-    t.add_argument("--backbone", help="timm model name (model.backbone); default: the recipe's")
-    t.add_argument("--out", help="run folder; default: runs/<name>-<time>")
-    t.add_argument("--device", help="auto, cpu, cuda, cuda:N; default: the config's (auto)")
-    t.add_argument("--resume", metavar="auto|PATH", help="continue a run: 'auto' picks the newest valid checkpoint "
+    train.add_argument("--dataset", help="dataset reader (fgvc data list); default: the recipe's")
+    train.add_argument("--data-root", help="dataset folder (data.root); default: the recipe's")
+    train.add_argument("--backbone", help="timm model name (model.backbone); default: the recipe's")
+    train.add_argument("--out", help="run folder; default: runs/<name>-<time>")
+    train.add_argument("--device", help="auto, cpu, cuda, cuda:N; default: the config's (auto)")
+    train.add_argument("--resume", metavar="auto|PATH", help="continue a run: 'auto' picks the newest valid checkpoint "
                    "of --out (and starts fresh if there is none); or a run folder / checkpoint; default: a new run")
-    t.add_argument("--allow-mismatch", action="store_true",
+    train.add_argument("--allow-mismatch", action="store_true",
                    help="resume even if the world size, dataset or config differ")
-    t.add_argument("--quiet", action="store_true", help="no progress bars")
-    t.add_argument("--json", action="store_true", help="print the test report as JSON at the end")
-    t.set_defaults(fn=cmd_train)
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("--json", action="store_true", help="print the test report as JSON at the end")
+    train.set_defaults(fn=cmd_train)
 
-    e = command("eval", "evaluate a run folder or checkpoint on its test split")
-    e.add_argument("run", help="run folder or checkpoint")
-    e.add_argument("--data-root", help="the dataset's folder, if it moved; default: the run's")
-    e.add_argument("--split", default="test", choices=["test", "val"], help="which split")
-    device_option(e)
-    e.add_argument("--batch-size", type=int, help="evaluation batch; default: the run's data.eval_batch_size")
-    e.add_argument("--json", action="store_true", help="print the report as JSON")
-    e.add_argument("--quiet", action="store_true", help="no progress bar")
-    e.set_defaults(fn=cmd_eval)
+    evaluate = command("eval", "evaluate a run folder or checkpoint on its test split")
+    evaluate.add_argument("run", help="run folder or checkpoint")
+    evaluate.add_argument("--data-root", help="the dataset's folder, if it moved; default: the run's")
+    evaluate.add_argument("--split", default="test", choices=["test", "val"], help="which split")
+    device_option(evaluate)
+    evaluate.add_argument("--batch-size", type=int, help="evaluation batch; default: the run's data.eval_batch_size")
+    evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+    evaluate.set_defaults(fn=cmd_eval)
 
-    pr = command("predict", "class names and probabilities for images (files or folders)",
+    predict = command("predict", "class names and probabilities for images (files or folders)",
                  "Predict the classes of images. Unreadable files are reported and skipped.")
-    pr.add_argument("run", help="run folder or checkpoint")
-    pr.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
-    pr.add_argument("--topk", type=int, default=5, help="classes per image")
-    pr.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
-    pr.add_argument("--json", action="store_true", help="print JSON")
-    device_option(pr)
-    pr.set_defaults(fn=cmd_predict)
+    predict.add_argument("run", help="run folder or checkpoint")
+    predict.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
+    predict.add_argument("--topk", type=int, default=5, help="classes per image")
+    predict.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    predict.add_argument("--json", action="store_true", help="print JSON")
+    device_option(predict)
+    predict.set_defaults(fn=cmd_predict)
 
-    ex = command("explain", "PNG overlays of what the method localizes")
-    ex.add_argument("run", help="run folder or checkpoint")
-    ex.add_argument("images", nargs="+", help="image files or folders")
-    ex.add_argument("--out", required=True, help="folder for the PNG files")
-    device_option(ex)
-    ex.set_defaults(fn=cmd_explain)
+    explain = command("explain", "PNG overlays of what the method localizes")
+    explain.add_argument("run", help="run folder or checkpoint")
+    explain.add_argument("images", nargs="+", help="image files or folders")
+    explain.add_argument("--out", required=True, help="folder for the PNG files")
+    device_option(explain)
+    explain.set_defaults(fn=cmd_explain)
 
-    lo = command("localize", "compare what a run localizes with annotated object boxes and parts")
-    lo.add_argument("run", help="run folder or checkpoint")
-    lo.add_argument("--data-root", help="the dataset's folder, if it moved; default: the run's")
-    lo.add_argument("--split", default="test", choices=["test", "val", "train"], help="which split")
-    lo.add_argument("--limit", type=int, help="at most this many images; default: all")
-    device_option(lo)
-    lo.add_argument("--json", action="store_true", help="print JSON")
-    lo.set_defaults(fn=cmd_localize)
+    localize = command("localize", "compare what a run localizes with annotated object boxes and parts")
+    localize.add_argument("run", help="run folder or checkpoint")
+    localize.add_argument("--data-root", help="the dataset's folder, if it moved; default: the run's")
+    localize.add_argument("--split", default="test", choices=["test", "val", "train"], help="which split")
+    localize.add_argument("--limit", type=int, help="at most this many images; default: all")
+    device_option(localize)
+    localize.add_argument("--json", action="store_true", help="print JSON")
+    localize.set_defaults(fn=cmd_localize)
 
-    xp = command("export", "export a run's inference rule: ONNX (.onnx) or torch.export (.pt2)",
+    export = command("export", "export a run's inference rule: ONNX (.onnx) or torch.export (.pt2)",
                  "Export a run for deployment. The batch dimension is dynamic; a JSON sidecar beside the file holds "
                  "the preprocessing, the class names and the method.")
-    xp.add_argument("run", help="run folder or checkpoint")
-    xp.add_argument("out", help="output file: model.onnx or model.pt2")
-    xp.set_defaults(fn=cmd_export)
+    export.add_argument("run", help="run folder or checkpoint")
+    export.add_argument("out", help="output file: model.onnx or model.pt2")
+    export.set_defaults(fn=cmd_export)
 
-    rp = command("report", "rebuild a run's report/index.html (curves, confusion matrix, overlays)")
-    rp.add_argument("run", help="run folder")
-    rp.add_argument("--overlays", type=int, default=0, help="also redraw this many test overlays (needs the dataset)")
-    rp.add_argument("--data-root", help="the dataset's folder, if it moved; default: the run's")
-    device_option(rp)
-    rp.set_defaults(fn=cmd_report)
+    report = command("report", "rebuild a run's report/index.html (curves, confusion matrix, overlays)")
+    report.add_argument("run", help="run folder")
+    report.add_argument("--overlays", type=int, default=0, help="also redraw this many test overlays (needs the dataset)")
+    report.add_argument("--data-root", help="the dataset's folder, if it moved; default: the run's")
+    device_option(report)
+    report.set_defaults(fn=cmd_report)
 
-    sv = command("serve", "a web page (and JSON API) to try a run on your own images",
+    serve = command("serve", "a web page (and JSON API) to try a run on your own images",
                  "Serve a run: open http://HOST:PORT/ and drop an image; programs POST to /api/predict.")
-    sv.add_argument("run", help="run folder or checkpoint")
-    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    sv.add_argument("--port", type=int, default=8000, help="port")
-    device_option(sv)
-    sv.add_argument("--max-mb", type=float, default=20.0, help="largest upload accepted, in MB (10^6 bytes)")
-    sv.add_argument("--max-megapixels", type=float, default=40.0,
+    serve.add_argument("run", help="run folder or checkpoint")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    serve.add_argument("--port", type=int, default=8000, help="port")
+    device_option(serve)
+    serve.add_argument("--max-mb", type=float, default=20.0, help="largest upload accepted, in MB (10^6 bytes)")
+    serve.add_argument("--max-megapixels", type=float, default=40.0,
                     help="largest image accepted (width x height, from its header: decompression bombs are refused)")
-    sv.add_argument("--max-batch", type=int, help="requests that arrive together go through the model as one batch "
+    serve.add_argument("--max-batch", type=int, help="requests that arrive together go through the model as one batch "
                     "of at most this many (1: no batching); default: 32 on CUDA, 8 on the CPU")
-    sv.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for others to batch with")
-    sv.add_argument("--threads", type=int, help="torch threads of the inference thread and decoding threads; "
+    serve.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for others to batch with")
+    serve.add_argument("--threads", type=int, help="torch threads of the inference thread and decoding threads; "
                     "default: the cores this process may use, at most 8")
-    sv.set_defaults(fn=cmd_serve)
+    serve.set_defaults(fn=cmd_serve)
 
-    d = command("data", "datasets: synth, verify, list")
-    dsub = d.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
-    s = dsub.add_parser("synth", help="write the synthetic fine-grained dataset in the CUB-200-2011 layout",
+    data = command("data", "datasets: synth, verify, list")
+    data_commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    synth = data_commands.add_parser("synth", help="write the synthetic fine-grained dataset in the CUB-200-2011 layout",
                         formatter_class=_Help)
-    s.add_argument("--out", required=True, help="folder to write (must be empty or new)")
-    s.add_argument("--classes", type=int, default=10, help="number of classes")
-    s.add_argument("--per-class", type=int, default=40, help="training images per class")
-    s.add_argument("--test-per-class", type=int, default=20, help="test images per class")
-    s.add_argument("--size", type=int, default=128, help="image size in pixels")
-    s.add_argument("--seed", type=int, default=0, help="random seed")
-    s.set_defaults(fn=cmd_data_synth)
-    v = dsub.add_parser("verify", help="read a dataset, compare its counts with the official ones, decode every image",
+    synth.add_argument("--out", required=True, help="folder to write (must be empty or new)")
+    synth.add_argument("--classes", type=int, default=10, help="number of classes")
+    synth.add_argument("--per-class", type=int, default=40, help="training images per class")
+    synth.add_argument("--test-per-class", type=int, default=20, help="test images per class")
+    synth.add_argument("--size", type=int, default=128, help="image size in pixels")
+    synth.add_argument("--seed", type=int, default=0, help="random seed")
+    synth.set_defaults(fn=cmd_data_synth)
+    verify = data_commands.add_parser("verify", help="read a dataset, compare its counts with the official ones, decode every image",
                         formatter_class=_Help)
-    v.add_argument("root", help="the dataset's folder")
-    v.add_argument("options", nargs="*", metavar="data.options.KEY=VALUE", help="reader options (level=family...)")
-    v.add_argument("--dataset", required=True, help="reader name (fgvc data list)")
-    v.add_argument("--no-images", action="store_true", help="skip decoding the images")
-    v.add_argument("--workers", type=int, default=8, help="decoding threads")
-    v.set_defaults(fn=cmd_data_verify)
-    ls = dsub.add_parser("list", help="the dataset readers", formatter_class=_Help)
-    ls.set_defaults(fn=cmd_data_list)
-    d.set_defaults(fn=lambda a: (d.print_help(), 2)[1])
+    verify.add_argument("root", help="the dataset's folder")
+    verify.add_argument("options", nargs="*", metavar="data.options.KEY=VALUE", help="reader options (level=family...)")
+    verify.add_argument("--dataset", required=True, help="reader name (fgvc data list)")
+    verify.add_argument("--no-images", action="store_true", help="skip decoding the images")
+    verify.add_argument("--workers", type=int, default=8, help="decoding threads")
+    verify.set_defaults(fn=cmd_data_verify)
+    listing = data_commands.add_parser("list", help="the dataset readers", formatter_class=_Help)
+    listing.set_defaults(fn=cmd_data_list)
+    data.set_defaults(fn=lambda args: (data.print_help(), 2)[1])
 
-    b = command("bench", "training/inference images/s, peak memory and loader images/s of a method",
+    bench = command("bench", "training/inference images/s, peak memory and loader images/s of a method",
                 "Measure a method on random input with random weights. Backbone, resolution and batch default to the "
                 "method's paper recipe (its CUB recipe).")
-    b.add_argument("method", help="method name")
-    b.add_argument("options", nargs="*", metavar="key=value", help="method.KEY=VALUE or model.backbone_args.KEY=VALUE")
-    b.add_argument("--backbone", help="timm model name; default: the recipe's")
-    b.add_argument("--img-size", type=int, help="input size; default: the recipe's")
-    b.add_argument("--batch", type=int, help="training batch; default: the recipe's")
-    b.add_argument("--steps", type=int, default=20, help="timed training steps")
-    b.add_argument("--warmup", type=int, default=5, help="untimed steps first")
-    device_option(b)
-    b.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"],
+    bench.add_argument("method", help="method name")
+    bench.add_argument("options", nargs="*", metavar="key=value", help="method.KEY=VALUE or model.backbone_args.KEY=VALUE")
+    bench.add_argument("--backbone", help="timm model name; default: the recipe's")
+    bench.add_argument("--img-size", type=int, help="input size; default: the recipe's")
+    bench.add_argument("--batch", type=int, help="training batch; default: the recipe's")
+    bench.add_argument("--steps", type=int, default=20, help="timed training steps")
+    bench.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    device_option(bench)
+    bench.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"],
                    help="autocast (auto: bf16 on CUDA)")
-    b.add_argument("--channels-last", action="store_true", help="channels-last memory format")
-    b.add_argument("--compile", action="store_true", help="torch.compile the step (compile time reported apart)")
-    b.add_argument("--plain", action="store_true", help="also measure the plain backbone step and report the ratio")
-    b.add_argument("--classes", type=int, default=200, help="number of classes")
-    b.add_argument("--infer-batch", type=int, help="inference batch; default: 64 on CUDA, the training batch on CPU")
-    b.add_argument("--loader-workers", type=int, help="loader workers; default: min(16, cores); -1 skips the loader")
-    b.add_argument("--profile", action="store_true", help="write a torch.profiler trace and op table into --out")
-    b.add_argument("--json", action="store_true", help="print JSON")
-    b.add_argument("--out", help="folder: appends the figures to OUT/bench.jsonl (and profiles to OUT/profile); "
+    bench.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    bench.add_argument("--compile", action="store_true", help="torch.compile the step (compile time reported apart)")
+    bench.add_argument("--plain", action="store_true", help="also measure the plain backbone step and report the ratio")
+    bench.add_argument("--classes", type=int, default=200, help="number of classes")
+    bench.add_argument("--infer-batch", type=int, help="inference batch; default: 64 on CUDA, the training batch on CPU")
+    bench.add_argument("--loader-workers", type=int, help="loader workers; default: min(16, cores); -1 skips the loader")
+    bench.add_argument("--profile", action="store_true", help="write a torch.profiler trace and op table into --out")
+    bench.add_argument("--json", action="store_true", help="print JSON")
+    bench.add_argument("--out", help="folder: appends the figures to OUT/bench.jsonl (and profiles to OUT/profile); "
                    "default: none (print only)")
-    b.set_defaults(fn=cmd_bench)
+    bench.set_defaults(fn=cmd_bench)
 
-    bd = command("bench-data", "the real-data benchmark: 17 Flowers and Cars-196 with ImageNet Lite0 and ViT-Tiny "
+    bench_data = command("bench-data", "the real-data benchmark: 17 Flowers and Cars-196 with ImageNet Lite0 and ViT-Tiny "
                  "(shared data), a preset of fgvc compare",
                  "Compare the methods' finetune recipes on the project's shared real data: one fgvc compare per "
                  "backbone (OUT/DATASET-BACKBONE/index.html, results.json, results.csv). A rerun skips finished runs.")
-    bd.add_argument("sets", nargs="*", metavar="SET",
+    bench_data.add_argument("sets", nargs="*", metavar="SET",
                     help="cnn (baseline, dbgce, wsdan, cal, pmg, pim, herbs on Lite0), vit (ViT-Tiny, TransFG, "
                     "RAMS-Trans), ablations (ViT methods, one difference at a time), lr (the official learning rates "
                     "of WS-DAN, CAL, PMG, PIM, HERBS); default: cnn")
-    bd.add_argument("--dataset", default="flowers17", choices=["flowers17", "cars196"], help="which shared set")
-    bd.add_argument("--run", action="append", help="only this run (repeatable; see fgvc/benchdata.py); default: the "
+    bench_data.add_argument("--dataset", default="flowers17", choices=["flowers17", "cars196"], help="which shared set")
+    bench_data.add_argument("--run", action="append", help="only this run (repeatable; see fgvc/bench/realdata.py); default: the "
                     "SETs' runs")
-    bd.add_argument("--data", help="folder with flowers17/, cars196/ and the weight files; default: ../shared/data")
-    bd.add_argument("--mode", default="cpu", choices=["cpu", "gpu"],
+    bench_data.add_argument("--data", help="folder with flowers17/, cars196/ and the weight files; default: ../shared/data")
+    bench_data.add_argument("--mode", default="cpu", choices=["cpu", "gpu"],
                     help="cpu: 160 px CNNs, 224 px ViTs, short budgets (Cars-196: its first 30 classes); gpu: 448 px, "
                     "every class, the dataset file's budget")
-    bd.add_argument("--epochs", type=int, help="epochs of every run; default: the mode's")
-    bd.add_argument("--classes", type=int, help="only the first N classes; default: the mode's")
-    bd.add_argument("--parallel", type=int, default=0, help="runs at once (0: one on a CPU, by memory on a GPU)")
-    bd.add_argument("--device", default="auto", help="auto, cpu, cuda")
-    bd.add_argument("--out", default="runs/bench-data", help="folder for the comparisons")
-    bd.set_defaults(fn=cmd_bench_data)
+    bench_data.add_argument("--epochs", type=int, help="epochs of every run; default: the mode's")
+    bench_data.add_argument("--classes", type=int, help="only the first N classes; default: the mode's")
+    bench_data.add_argument("--parallel", type=int, default=0, help="runs at once (0: one on a CPU, by memory on a GPU)")
+    bench_data.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    bench_data.add_argument("--out", default="runs/bench-data", help="folder for the comparisons")
+    bench_data.set_defaults(fn=cmd_bench_data)
 
-    cp = command("compare", "which method is best on a dataset: train several, one page of paired differences",
+    compare = command("compare", "which method is best on a dataset: train several, one page of paired differences",
                  "Train every chosen method on one dataset and backbone under the same budget (each with its "
                  "METHOD/finetune recipe, one fgvc train each), then write OUT/index.html, OUT/results.json and "
                  "OUT/results.csv: accuracies, differences to the baseline with paired 95% intervals and whether they "
                  "are within noise, curves, per-class differences, what each method fixes and breaks, the same test "
                  "images explained by each. A rerun skips finished runs and continues interrupted ones.")
-    cp.add_argument("root", nargs="?", help="the dataset's folder (class folders, a CSV, or an official layout); "
+    compare.add_argument("root", nargs="?", help="the dataset's folder (class folders, a CSV, or an official layout); "
                     "default: the dataset file's")
-    cp.add_argument("options", nargs="*", metavar="key=value", help="settings for every run (train.seed=1 ...)")
-    cp.add_argument("--dataset", default="folder", help="reader (folder, csv, cub, cars, ...: fgvc data list) or a "
+    compare.add_argument("options", nargs="*", metavar="key=value", help="settings for every run (train.seed=1 ...)")
+    compare.add_argument("--dataset", default="folder", help="reader (folder, csv, cub, cars, ...: fgvc data list) or a "
                     "dataset file (flowers17, cars196)")
-    cp.add_argument("--backbone", default="resnet50.tv_in1k", help="timm model name, the same for every method")
-    cp.add_argument("--weights", help="local weight file for the backbone (model.pretrained_file); default: timm's "
+    compare.add_argument("--backbone", default="resnet50.tv_in1k", help="timm model name, the same for every method")
+    compare.add_argument("--weights", help="local weight file for the backbone (model.pretrained_file); default: timm's "
                     "pretrained weights (cached or downloaded)")
-    cp.add_argument("--methods", help="comma-separated methods; default: every method that accepts the backbone")
-    cp.add_argument("--variant", action="append", metavar="'NAME=METHOD key=value ...'",
+    compare.add_argument("--methods", help="comma-separated methods; default: every method that accepts the backbone")
+    compare.add_argument("--variant", action="append", metavar="'NAME=METHOD key=value ...'",
                     help="an extra run: a method with settings of its own (repeatable); default: none")
-    cp.add_argument("--epochs", type=int, help="epochs of every run; default: the recipes' (or dataset file's)")
-    cp.add_argument("--img-size", type=int, help="input size (the resize before the crop is 8/7 of it); default: 448")
-    cp.add_argument("--batch-size", type=int, help="batch per process; default: the recipes' (32)")
-    cp.add_argument("--classes", type=int, help="only the first N classes (a quick look); default: all")
-    cp.add_argument("--parallel", type=int, default=0, help="runs at once (0: one on a CPU, by memory on a GPU)")
-    cp.add_argument("--device", default="auto", help="auto, cpu, cuda")
-    cp.add_argument("--title", help="the page's title; default: the dataset folder and the backbone")
-    cp.add_argument("--out", default="runs/compare", help="folder for the runs, the page and the results")
-    cp.set_defaults(fn=cmd_compare)
+    compare.add_argument("--epochs", type=int, help="epochs of every run; default: the recipes' (or dataset file's)")
+    compare.add_argument("--img-size", type=int, help="input size (the resize before the crop is 8/7 of it); default: 448")
+    compare.add_argument("--batch-size", type=int, help="batch per process; default: the recipes' (32)")
+    compare.add_argument("--classes", type=int, help="only the first N classes (a quick look); default: all")
+    compare.add_argument("--parallel", type=int, default=0, help="runs at once (0: one on a CPU, by memory on a GPU)")
+    compare.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    compare.add_argument("--title", help="the page's title; default: the dataset folder and the backbone")
+    compare.add_argument("--out", default="runs/compare", help="folder for the runs, the page and the results")
+    compare.set_defaults(fn=cmd_compare)
 
-    bi = command("bench-index", "the dataset index at iNaturalist scale: build time and memory, loader workers' memory",
+    bench_index = command("bench-index", "the dataset index at iNaturalist scale: build time and memory, loader workers' memory",
                  "Write iNaturalist-2021-layout datasets of the given sizes (annotation files only) and measure, each in "
                  "a fresh process: the index build (seconds, peak memory), the fingerprint, and the private memory of "
                  "each loader worker after an epoch of index lookups.")
-    bi.add_argument("--records", type=int, nargs="+", default=[1000, 300_000, 2_686_843],
+    bench_index.add_argument("--records", type=int, nargs="+", default=[1000, 300_000, 2_686_843],
                     help="training images of each generated dataset")
-    bi.add_argument("--workers", type=int, nargs="+", default=[8, 16], help="loader worker counts")
-    bi.add_argument("--classes", type=int, default=10_000, help="classes of the generated datasets")
-    bi.add_argument("--compare-objects", action="store_true",
+    bench_index.add_argument("--workers", type=int, nargs="+", default=[8, 16], help="loader worker counts")
+    bench_index.add_argument("--classes", type=int, default=10_000, help="classes of the generated datasets")
+    bench_index.add_argument("--compare-objects", action="store_true",
                     help="also measure the workers with the records as Python objects (the layout before columns)")
-    bi.add_argument("--out", default="runs/bench-index", help="folder for the generated datasets and bench-index.jsonl")
-    bi.set_defaults(fn=cmd_bench_index)
+    bench_index.add_argument("--out", default="runs/bench-index", help="folder for the generated datasets and bench-index.jsonl")
+    bench_index.set_defaults(fn=cmd_bench_index)
 
-    bs = command("bench-serve", "the web service under load on 127.0.0.1: latency and throughput, batching off and on",
+    bench_serve = command("bench-serve", "the web service under load on 127.0.0.1: latency and throughput, batching off and on",
                  "Start fgvc serve RUN on a free local port (once without batching, once with) and measure sequential "
                  "latency, then throughput and p50/p95/p99 latency for each number of concurrent clients, and GET "
                  "/api/info's latency during the heaviest load.")
-    bs.add_argument("run", help="run folder or checkpoint")
-    bs.add_argument("--image", help="the image every request uploads; default: the run's first test image")
-    bs.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32], help="concurrent clients to measure")
-    bs.add_argument("--seconds", type=float, default=15.0, help="seconds of load for each number of clients")
-    bs.add_argument("--sequential", type=int, default=40, help="requests of the sequential measurement")
-    bs.add_argument("--out", help="folder for bench-serve.json; default: none (print only)")
-    bs.set_defaults(fn=cmd_bench_serve)
+    bench_serve.add_argument("run", help="run folder or checkpoint")
+    bench_serve.add_argument("--image", help="the image every request uploads; default: the run's first test image")
+    bench_serve.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32], help="concurrent clients to measure")
+    bench_serve.add_argument("--seconds", type=float, default=15.0, help="seconds of load for each number of clients")
+    bench_serve.add_argument("--sequential", type=int, default=40, help="requests of the sequential measurement")
+    bench_serve.add_argument("--out", help="folder for bench-serve.json; default: none (print only)")
+    bench_serve.set_defaults(fn=cmd_bench_serve)
 
-    m = command("methods", "the methods, their papers, the backbones they accept and their recipes")
-    m.set_defaults(fn=cmd_methods)
+    methods = command("methods", "the methods, their papers, the backbones they accept and their recipes")
+    methods.set_defaults(fn=cmd_methods)
 
-    dm = command("demo", "train and evaluate on the built-in synthetic data (CPU, a few minutes)")
-    dm.add_argument("overrides", nargs="*", metavar="key=value", help="settings")
-    dm.add_argument("--out", help="run folder; default: runs/demo-<time>")
-    dm.add_argument("--quiet", action="store_true", help="no progress bars")
-    dm.set_defaults(fn=cmd_demo)
+    demo = command("demo", "train and evaluate on the built-in synthetic data (CPU, a few minutes)")
+    demo.add_argument("overrides", nargs="*", metavar="key=value", help="settings")
+    demo.add_argument("--out", help="run folder; default: runs/demo-<time>")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(fn=cmd_demo)
 
-    g = command("gpu-check", "prove every feature on this machine's GPU (tiny CPU run without one)",
+    gpu_check = command("gpu-check", "prove every feature on this machine's GPU (tiny CPU run without one)",
                 "Trains, evaluates, predicts, explains, localizes, exports and resumes every method on its recipe's "
                 "backbone and resolution, then benchmarks the headline settings; prints one table. Without CUDA, "
                 "the same path at tiny sizes on the CPU.")
-    g.add_argument("--out", default="gpu-check", help="folder for the table (JSON) and logs")
-    g.add_argument("--quick", action="store_true", help="tiny sizes even on a GPU (a smoke test of the check)")
-    g.add_argument("--speed", action="store_true", help="also measure candidate speed-ups (compiled steps, ...)")
-    g.add_argument("--budget", type=float, default=0.0, help="seconds for the whole check; speed variants that would "
+    gpu_check.add_argument("--out", default="gpu-check", help="folder for the table (JSON) and logs")
+    gpu_check.add_argument("--quick", action="store_true", help="tiny sizes even on a GPU (a smoke test of the check)")
+    gpu_check.add_argument("--speed", action="store_true", help="also measure candidate speed-ups (compiled steps, ...)")
+    gpu_check.add_argument("--budget", type=float, default=0.0, help="seconds for the whole check; speed variants that would "
                    "start later are skipped (0: no limit)")
-    g.set_defaults(fn=cmd_gpu_check)
-    return p
+    gpu_check.set_defaults(fn=cmd_gpu_check)
+    return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

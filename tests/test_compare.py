@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from fgvc.cli import main
-from fgvc.stats import bootstrap_interval, mcnemar_exact, paired_difference
+from fgvc.compare.stats import bootstrap_interval, mcnemar_exact, paired_difference
 
 from browser import chromium
 from conftest import ROOT
@@ -72,7 +72,7 @@ def test_the_multinomial_bootstrap_matches_resampling_images():
 
 
 def test_bench_data_plans_one_comparison_per_backbone(tmp_path):
-    from fgvc.benchdata import comparisons
+    from fgvc.bench.realdata import comparisons
 
     plans = comparisons(["cnn", "lr", "vit"], "cars196", tmp_path, tmp_path / "out", "cpu", None, None, 0, "cpu")
     assert [c.backbone for c in plans] == ["efficientnet_lite0", "vit_tiny_patch16_224"]
