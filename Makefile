@@ -45,7 +45,7 @@ gpu-check:
 	@if [ -x $(BIN)/python ]; then PY=$(BIN)/python; \
 	elif $(PYTHON) -c "import torch, timm, torchvision" 2>/dev/null; then PY=$(PYTHON); \
 	else $(MAKE) install && PY=$(BIN)/python; fi; \
-	PYTHONPATH=$(CURDIR) $$PY -m fgvc.gpu_check --out gpu-check $(GPU_CHECK_ARGS)
+	PYTHONPATH=$(CURDIR) $$PY -m fgvc.bench.gpu_check --out gpu-check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs .pytest_cache gpu-check

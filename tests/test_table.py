@@ -13,7 +13,8 @@ import pytest
 
 from fgvc.config import DataConfig
 from fgvc.data import build_index, make_splits
-from fgvc.data.records import DatasetIndex, Record, stratified_split
+from fgvc.data.index import DatasetIndex, stratified_split
+from fgvc.data.record import Record
 from fgvc.data.table import RecordTable
 from fgvc.errors import DataError
 
@@ -150,7 +151,7 @@ def test_inat_json_is_streamed_whatever_its_layout(tmp_path):
 def test_loader_workers_do_not_copy_the_records(tmp_path):
     """The probe of the issue, small: each worker's private memory after an epoch of index lookups does not grow
     with the records as columns, and does as Python objects (the layout before)."""
-    from fgvc.benchindex import _run, generate_inat
+    from fgvc.bench.index import _run, generate_inat
 
     small, big = generate_inat(tmp_path / "s", 1000, 100), generate_inat(tmp_path / "b", 60_000, 500)
     cols_small = _run("workers", str(small), "2", "columns")["mean_private_mib"]
