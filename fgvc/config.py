@@ -7,7 +7,7 @@ fields (``train.lr=0.01``, ``data.root=/data/CUB_200_2011``); values are parsed 
 Every value is checked against the type of its field before any work starts: an unknown key or a wrong
 type raises :class:`~fgvc.errors.ConfigError` naming the dotted key. Method-specific options live in the
 free-form ``method:`` mapping and are validated by the method's own dataclass (see
-:func:`fgvc.registry.resolve_method_config`), so this module knows nothing about any method.
+:func:`fgvc.methods.registry.method_config`), so this module knows nothing about any method.
 """
 
 from __future__ import annotations

@@ -21,13 +21,13 @@ from PIL import Image
 
 from .config import RunConfig, config_from_saved
 from .data.dataset import load_rgb
-from .data.records import Record
+from .data.record import Record
 from .data.transforms import Preprocess, normalization
 from .engine.checkpoint import load_checkpoint, resolve_checkpoint
 from .engine.distributed import resolve_device
 from .errors import DataError, FgvcError
+from .methods import create_model_from_config
 from .methods.base import Method
-from .registry import create_model_from_config
 
 Item = Union[str, Path, Image.Image, Record]
 

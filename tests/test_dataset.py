@@ -11,7 +11,8 @@ from PIL import Image
 
 from fgvc.config import DataConfig
 from fgvc.data.dataset import ImageDataset, check_images, load_rgb
-from fgvc.data.records import Record, stratified_split
+from fgvc.data.index import stratified_split
+from fgvc.data.record import Record
 from fgvc.data.transforms import Preprocess, build_train_transform
 from fgvc.errors import DataError
 

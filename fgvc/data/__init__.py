@@ -11,10 +11,11 @@ import numpy as np
 from ..config import DataConfig
 from ..errors import DataError
 from .dataset import ImageDataset, check_images, load_rgb
+from .index import DatasetIndex, stratified_split
 from .readers import list_datasets, open_dataset
-from .records import DatasetIndex, Record, stratified_split
-from .table import RecordTable
+from .record import Record
 from .synthetic import ensure_synthetic
+from .table import RecordTable
 
 
 def build_index(cfg: DataConfig, progress: bool = False, cache: Optional[Path] = None) -> DatasetIndex:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..config import DataConfig
-from .records import DatasetIndex
+from .index import DatasetIndex
 from .table import RecordTable
 
 VERSION = 1

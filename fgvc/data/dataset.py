@@ -17,7 +17,7 @@ import torch
 from PIL import Image, ImageFile
 
 from ..errors import DataError
-from .records import Record
+from .record import Record
 from .table import RecordTable
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated JPEG is an error, never silently grey

@@ -1,6 +1,6 @@
 """One annotated image: what readers build and what :class:`~fgvc.data.table.RecordTable` gives back on demand.
 
-Apart from :mod:`fgvc.data.records` so that the table (which makes records) and the index (which holds a
+Apart from :mod:`fgvc.data.index` so that the table (which makes records) and the index (which holds a
 table) need not import each other.
 """
 

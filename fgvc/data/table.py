@@ -29,7 +29,6 @@ import numpy as np
 
 from .record import Record
 
-
 _TAKE_BLOCK = 1 << 16  # strings gathered at once by Strings.take
 
 

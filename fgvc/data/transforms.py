@@ -8,7 +8,6 @@ pixels into the crop and the description an exported model carries.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 

@@ -1,4 +1,4 @@
-"""Dataset readers: one module per official format, all returning a :class:`~fgvc.data.records.DatasetIndex`.
+"""Dataset readers: one module per official format, all returning a :class:`~fgvc.data.index.DatasetIndex`.
 
 Importing this package registers the built-in readers (:mod:`.registry` holds the registry and
 ``open_dataset``, the single entry point).

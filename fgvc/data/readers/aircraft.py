@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Literal
 
 from ...errors import DataError
-from ..records import DatasetIndex, Record
-from .registry import register_reader
+from ..index import DatasetIndex
+from ..record import Record
 from ._text import check_files_exist, find_root, parse, read_rows, require
+from .registry import register_reader
 
 _NAMES_FILE = {"variant": "variants.txt", "family": "families.txt", "manufacturer": "manufacturers.txt"}
 BANNER_PIXELS = 20

@@ -12,9 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import DataError
-from ..records import DatasetIndex, Record
-from .registry import register_reader
+from ..index import DatasetIndex
+from ..record import Record
 from ._text import check_files_exist, load_mat, mat_field
+from .registry import register_reader
 
 
 def _class_names(meta: dict, path: Path) -> list[str]:

@@ -15,9 +15,18 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import DataError
-from ..records import DatasetIndex, Record, contiguous_labels
+from ..index import DatasetIndex, contiguous_labels
+from ..record import Record
+from ._text import (
+    check_files_exist,
+    check_same_ids,
+    find_root,
+    parse,
+    read_id_map,
+    read_rows,
+    require,
+)
 from .registry import register_reader
-from ._text import check_files_exist, check_same_ids, find_root, parse, read_id_map, read_rows, require
 
 
 def _read_parts(root: Path, ids: dict) -> tuple[list[str], dict[str, np.ndarray]]:

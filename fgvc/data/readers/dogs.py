@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Optional
 
 from ...errors import DataError
-from ..records import DatasetIndex, Record
-from .registry import register_reader
+from ..index import DatasetIndex
+from ..record import Record
 from ._text import check_files_exist, find_root, load_mat
+from .registry import register_reader
 
 
 def _voc_box(path: Path) -> Optional[tuple[float, float, float, float]]:

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import DataError
-from ..records import DatasetIndex, Record
-from .registry import register_reader
+from ..index import DatasetIndex
+from ..record import Record
 from ._text import check_files_exist, find_root, load_mat
+from .registry import register_reader
 
 
 @register_reader("flowers", "flowers102", description="Oxford Flowers-102 (jpg/, imagelabels.mat, setid.mat)")

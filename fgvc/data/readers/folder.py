@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Optional
 
 from ...errors import DataError
-from ..records import DatasetIndex, Record, stratified_split
-from .registry import register_reader
+from ..index import DatasetIndex, stratified_split
+from ..record import Record
 from ._text import check_files_exist
+from .registry import register_reader
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 KNOWN_SPLITS = {"train", "val", "valid", "validation", "test", "trainval"}

@@ -17,11 +17,11 @@ from typing import Literal, Optional
 import numpy as np
 
 from ...errors import DataError
-from ..records import DatasetIndex
+from ..index import DatasetIndex
 from ..table import Column, RecordTable, Strings
-from .registry import register_reader
 from ._json import iter_arrays
 from ._text import check_files_exist, require
+from .registry import register_reader
 
 _FILES = {"2017": ("train2017.json", "val2017.json"), "2018": ("train2018.json", "val2018.json"),
           "2021": ("train.json", "val.json")}

@@ -10,10 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import DataError
-from ..records import DatasetIndex, Record
-from .registry import register_reader
+from ..index import DatasetIndex
+from ..record import Record
 from ._text import check_files_exist, find_root, parse, read_rows
 from .dogs import read_voc_boxes
+from .registry import register_reader
 
 
 @register_reader("pets", "oxford_pets", description="Oxford-IIIT Pets (images/, annotations/trainval.txt, test.txt)")

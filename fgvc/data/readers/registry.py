@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from ...config import convert_value
 from ...errors import ConfigError, DataError
-from ..records import DatasetIndex
+from ..index import DatasetIndex
 
 _READERS: dict[str, Callable[..., DatasetIndex]] = {}
 _DESCRIPTIONS: dict[str, str] = {}
