@@ -47,8 +47,11 @@ class DataConfig:
     test_splits: Optional[list[str]] = None  # None: the reader's official test split
     val_fraction: float = 0.0  # >0 carves a seeded, stratified validation split out of train
     max_classes: Optional[int] = None  # keep only the first N classes (in label order) of every split
-    img_size: int = 224  # the crop fed to the network
-    resize: Optional[int] = None  # None: round(img_size / 0.875)
+    img_size: int = 224  # the crop fed to the network (square)
+    # the resize before the crop; None: round(img_size * 8 / 7). It follows img_size: a data.img_size set after
+    # the file that set data.resize (a later config file, or the command line) without a resize of its own
+    # drops that resize, so a new size never keeps another size's resize
+    resize: Optional[int] = None
     resize_mode: Literal["square", "shorter"] = "square"  # square: (r, r), aspect not kept (the papers)
     crop_padding: int = 0  # zero padding on every side before the random crop (PMG's RandomCrop(448, padding=8))
     hflip: bool = True
@@ -358,14 +361,90 @@ def load_config(path: str | Path | list | tuple | None = None, overrides: list[s
         The validated :class:`RunConfig`.
     """
     paths = [] if path is None else list(path) if isinstance(path, (list, tuple)) else [path]
+    layers = [read_yaml(p) for p in paths]
     data: dict[str, Any] = {}
-    for p in paths:
-        data = _deep_merge(data, read_yaml(p))
+    for layer in layers:
+        data = _deep_merge(data, layer)
     if base:
         data = _deep_merge(data, base)
+        layers.append(base)
     if overrides:
         data = apply_overrides(data, overrides)
-    return from_dict(RunConfig, data)
+        layers.append(parse_overrides(overrides))
+    if _last_setting(layers, "img_size") > _last_setting(layers, "resize") >= 0:
+        data["data"]["resize"] = None  # the resize belonged to an earlier size
+    cfg = from_dict(RunConfig, data)
+    check_ranges(cfg)
+    return cfg
+
+
+def _last_setting(layers: list[dict[str, Any]], key: str) -> int:
+    """The position of the last layer that sets ``data.<key>`` (-1: none)."""
+    found = [i for i, layer in enumerate(layers) if isinstance(layer.get("data"), dict) and key in layer["data"]]
+    return found[-1] if found else -1
+
+
+def _at_least(value: Any, low: float, key: str, what: str = "") -> None:
+    if value is not None and value < low:
+        raise ConfigError(f"{key}: must be at least {low:g}{what}, got {value!r}")
+
+
+def _fraction(value: float, key: str, closed: bool = False) -> None:
+    if not (0.0 <= value <= 1.0 if closed else 0.0 <= value < 1.0):
+        raise ConfigError(f"{key}: must be in [0, 1{']' if closed else ')'}, got {value!r}")
+
+
+def check_ranges(cfg: RunConfig) -> None:
+    """Refuses values of the right type that no run can use (a negative epoch count, a zero batch, ...), each in
+    one line naming the key, before any work starts.
+
+    Raises:
+        ConfigError: The first value out of its range.
+    """
+    d, t, e = cfg.data, cfg.train, cfg.eval
+    if t.steps <= 0:
+        _at_least(t.epochs, 1, "train.epochs", " (or set train.steps)")
+    _at_least(t.steps, 0, "train.steps")
+    if not t.lr > 0:
+        raise ConfigError(f"train.lr: must be positive, got {t.lr!r}")
+    for key in ("head_lr_scale", "weight_decay", "warmup_steps", "eval_every", "ckpt_every",
+                "keep_checkpoints", "nonfinite_budget"):
+        _at_least(getattr(t, key), 0, f"train.{key}")
+    for key in ("grad_accum", "log_every", "gce_k"):
+        _at_least(getattr(t, key), 1, f"train.{key}")
+    for key in ("momentum", "warmup_fraction", "ema_decay", "label_smoothing"):
+        _fraction(getattr(t, key), f"train.{key}")
+    _fraction(t.min_lr_ratio, "train.min_lr_ratio", closed=True)
+    if t.clip_grad is not None and not t.clip_grad > 0:
+        raise ConfigError(f"train.clip_grad: must be positive (or null: no clipping), got {t.clip_grad!r}")
+    if not (t.step_epochs > 0 and t.step_gamma > 0):
+        raise ConfigError(f"train.step_epochs and train.step_gamma: must be positive, got {t.step_epochs!r}, "
+                          f"{t.step_gamma!r}")
+    _at_least(d.img_size, 8, "data.img_size")
+    _at_least(d.resize, d.img_size, "data.resize", " (the crop data.img_size is taken from it)")
+    _fraction(d.val_fraction, "data.val_fraction")
+    _at_least(d.max_classes, 2, "data.max_classes", " (a classifier needs two classes)")
+    for key in ("batch_size", "eval_batch_size"):
+        _at_least(getattr(d, key), 1, f"data.{key}")
+    for key in ("num_workers", "crop_padding", "skip_budget"):
+        _at_least(getattr(d, key), 0, f"data.{key}")
+    for key in ("blur_p", "sharpness_p"):
+        _fraction(getattr(d, key), f"data.{key}", closed=True)
+    if len(d.color_jitter) > 4:
+        raise ConfigError(f"data.color_jitter: expected at most [brightness, contrast, saturation, hue], got "
+                          f"{d.color_jitter}")
+    for key in ("mean", "std"):
+        value = getattr(d, key)
+        if value is not None and len(value) != 3:
+            raise ConfigError(f"data.{key}: expected three values (R, G, B), got {value}")
+    s = d.synthetic
+    _at_least(s.classes, 2, "data.synthetic.classes", " (a classifier needs two classes)")
+    for key in ("train_per_class", "test_per_class"):
+        _at_least(getattr(s, key), 1, f"data.synthetic.{key}")
+    _at_least(s.size, 16, "data.synthetic.size")
+    _at_least(e.topk, 1, "eval.topk")
+    for key in ("confused_pairs", "explain_samples"):
+        _at_least(getattr(e, key), 0, f"eval.{key}")
 
 
 def absolute_paths(cfg: RunConfig) -> RunConfig:
@@ -387,4 +466,6 @@ def save_config(cfg: RunConfig, path: str | Path) -> None:
 
 def config_from_saved(data: dict[str, Any]) -> RunConfig:
     """Rebuilds a :class:`RunConfig` from the dict stored in a checkpoint or ``config.yaml``."""
-    return from_dict(RunConfig, data)
+    cfg = from_dict(RunConfig, data)
+    check_ranges(cfg)
+    return cfg

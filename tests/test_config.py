@@ -98,3 +98,36 @@ def test_recipes_are_found_by_name_and_unknown_pairs_name_what_exists():
 def test_parse_overrides_rejects_empty_key():
     with pytest.raises(ConfigError):
         parse_overrides(["=3"])
+
+
+@pytest.mark.parametrize("item,message", [
+    ("train.epochs=-1", "train.epochs: must be at least 1 (or set train.steps), got -1"),
+    ("train.epochs=0", "train.epochs: must be at least 1"),
+    ("train.lr=0", "train.lr: must be positive"),
+    ("data.batch_size=0", "data.batch_size: must be at least 1"),
+    ("data.val_fraction=1", "data.val_fraction: must be in [0, 1)"),
+    ("data.resize=32", "data.resize: must be at least 224"),
+    ("data.max_classes=1", "data.max_classes: must be at least 2"),
+    ("train.clip_grad=0", "train.clip_grad: must be positive"),
+    ("eval.topk=0", "eval.topk: must be at least 1"),
+])
+def test_values_no_run_can_use_are_refused_naming_the_key(item, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [item])
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert load_config(None, ["train.epochs=0", "train.steps=5"]).train.steps == 5  # steps replace epochs
+
+
+def test_resize_follows_a_new_img_size_unless_set_with_it():
+    recipe = ROOT / "fgvc" / "configs" / "transfg" / "cub.yaml"
+    assert (load_config(recipe).data.img_size, load_config(recipe).data.resize) == (448, 600)
+    cfg = load_config(recipe, ["data.img_size=96"])
+    assert cfg.data.resize is None  # the 8/7 rule: 110
+    from fgvc.data.transforms import resize_size
+
+    assert resize_size(cfg.data) == 110
+    assert load_config(recipe, ["data.img_size=96", "data.resize=128"]).data.resize == 128
+    assert load_config(recipe, ["data.resize=640"]).data.resize == 640
+    # a later file that sets the size alone drops an earlier file's resize; one that sets both keeps its own
+    finetune, cars = (ROOT / "fgvc" / "configs" / p for p in ("wsdan/finetune.yaml", "datasets/cars196.yaml"))
+    assert load_config([finetune, cars]).data.resize == 512

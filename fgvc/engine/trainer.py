@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..config import RunConfig, absolute_paths, save_config, to_dict
+from ..config import RunConfig, absolute_paths, check_ranges, save_config, to_dict
 from ..data import build_index, check_images, make_splits
 from ..data.cache import cache_key, load_index
 from ..data.dataset import (
@@ -64,6 +64,7 @@ from ..errors import (
 from ..losses import build_criterion
 from ..methods import create_model_from_config, validate_config
 from ..methods.base import Method, StepContext, StepOutput
+from ..progress import on_terminal, progress_bar, say
 from ..report import write_final_report
 from ..report.metrics import classification_report
 from ..version import __version__
@@ -99,6 +100,7 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, resume: Optional[str] = None, allow_mismatch: bool = False,
                  progress: bool = True):
+        check_ranges(cfg)  # a config built in Python has not been through load_config
         self.cfg = absolute_paths(cfg)  # config.yaml must work from any folder
         self.info: DistInfo = setup(cfg.device)
         self.progress = progress and self.info.is_main
@@ -113,6 +115,7 @@ class Trainer:
         self.nonfinite_skipped = 0
         self.best_val: Optional[float] = None
         self.log: Optional[RunLog] = None
+        self.last_log: Optional[dict[str, Any]] = None  # the newest training record (for the epoch line)
 
     # ---------------------------------------------------------------------------------------------
     # Set-up
@@ -173,7 +176,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, t)
         self.amp = amp_dtype(t.amp, info.device)
         if self.amp is not None and info.device.type == "cpu" and t.amp != "auto":
-            print("note: mixed precision on the CPU is slow; train.amp=none is usually faster there")
+            say("note: mixed precision on the CPU is slow; train.amp=none is usually faster there")
         self.scaler = make_scaler(self.amp, info.device)
         self.ema = None
         if t.ema_decay > 0:
@@ -199,7 +202,7 @@ class Trainer:
             raise DataError(f"{len(bad)} unreadable image(s): {listing}"
                             f"{' ...' if len(bad) > 5 else ''} (data.bad_data=skip trains without them)")
         for _, p, why in bad if self.info.is_main else []:
-            print(f"warning: unreadable image {p}: {why}")
+            say(f"warning: unreadable image {p}: {why}")
 
     def _rank0_first(self, fn, others=None):
         """Runs ``fn`` on rank 0, then (``others`` or ``fn``) on the other ranks. A user error on rank 0 is
@@ -284,7 +287,7 @@ class Trainer:
         self.nonfinite_skipped = state.get("nonfinite_skipped", 0)
         self.best_val = state.get("best_val")
         if self.info.is_main:
-            print(f"resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.batches_in_epoch})")
+            say(f"resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.batches_in_epoch})")
 
     # ---------------------------------------------------------------------------------------------
     # The run
@@ -319,8 +322,9 @@ class Trainer:
             raise KeyboardInterrupt  # a second Ctrl-C stops at once
         self.stop_requested = True
         if self.info.is_main:
+            # a plain print: a signal handler takes no locks (a bar may be drawing)
             print(f"\n{signal.Signals(signum).name}: saving at the next step boundary, then stopping",
-                  file=sys.stderr)
+                  file=sys.stderr, flush=True)
 
     def _write_run_files(self) -> None:
         self.log = RunLog(self.run_dir, self.info, self.cfg.train.tensorboard)
@@ -333,18 +337,18 @@ class Trainer:
     def _announce(self) -> None:
         cfg, s = self.cfg, self.splits
         n_params = sum(p.numel() for p in self.model.parameters()) / 1e6
-        print(f"run folder: {self.run_dir}")
-        print(f"data: {self.index.name} at {self.index.root}: {self.index.num_classes} classes, "
+        say(f"run folder: {self.run_dir}")
+        say(f"data: {self.index.name} at {self.index.root}: {self.index.num_classes} classes, "
               f"{len(s.train)} train / {len(s.val)} val / {len(s.test)} test images")
         for note in self.index.notes + self.model.notes:
-            print(f"note: {note}")
+            say(f"note: {note}")
         if self.model.notes:
             self.log.write({"kind": "notes", "notes": self.model.notes})
-        print(f"model: {cfg.model.method} on {cfg.model.backbone} ({n_params:.1f}M parameters) at "
+        say(f"model: {cfg.model.method} on {cfg.model.backbone} ({n_params:.1f}M parameters) at "
               f"{cfg.data.img_size}px, device {self.info.device}"
               f"{f' x {self.info.world_size} processes' if self.info.distributed else ''}, "
               f"precision {self.amp or 'float32'}")
-        print(f"training: {self.total_steps} steps ({self.total_epochs} epochs of {self.steps_per_epoch}), "
+        say(f"training: {self.total_steps} steps ({self.total_epochs} epochs of {self.steps_per_epoch}), "
               f"global batch {cfg.data.batch_size * self.info.world_size * cfg.train.grad_accum}")
 
     def _loader(self) -> DataLoader:
@@ -361,12 +365,8 @@ class Trainer:
     # The loop
 
     def _train_loop(self) -> None:
-        bar = None
-        if self.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
-                       mininterval=0.5 if sys.stderr.isatty() else 30)
+        bar = progress_bar(total=self.total_steps, initial=self.step, desc="train", unit="step", mininterval=0.5,
+                           enabled=self.progress)
         self.model.train()
         window, window_start = Window(), time.perf_counter()
         while self.step < self.total_steps:
@@ -379,16 +379,15 @@ class Trainer:
                 self.step += 1
                 if bar:
                     bar.update(1)
-                if self.step % self.cfg.train.log_every == 0 or self.step == self.total_steps:
-                    rec = self._log_window(window, time.perf_counter() - window_start, gnorm)
-                    if bar:
-                        bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{rec['lr']:.2e}",
-                                        img_s=f"{rec['img_per_s']:.0f}")
+                epoch_ends = self.batches_in_epoch >= self.micro_per_epoch
+                if self.step % self.cfg.train.log_every == 0 or self.step == self.total_steps or epoch_ends:
+                    self.last_log = self._log_window(window, time.perf_counter() - window_start, gnorm)
+                    bar.set_postfix(loss=f"{self.last_log['loss']:.3f}", lr=f"{self.last_log['lr']:.2e}",
+                                    img_s=f"{self.last_log['img_per_s']:.0f}")
                     window, window_start = Window(), time.perf_counter()
                 if stop:
                     path = self.save()
-                    if bar:
-                        bar.close()
+                    bar.close()
                     raise Preempted(path)
                 if self.cfg.train.ckpt_every and self.step % self.cfg.train.ckpt_every == 0:
                     self.save()
@@ -396,8 +395,7 @@ class Trainer:
                 self.epoch += 1
                 self.batches_in_epoch = 0
                 self._end_of_epoch()
-        if bar:
-            bar.close()
+        bar.close()
         self.save()
 
     def _optimizer_step(self, batches, window: Window) -> tuple[bool, torch.Tensor]:
@@ -479,7 +477,7 @@ class Trainer:
         fresh = all_new - self.bad_samples
         if fresh and self.info.is_main:
             for i in sorted(fresh):
-                print(f"warning: skipped unreadable image {self.train_set.records[i].path} (index {i})")
+                say(f"warning: skipped unreadable image {self.train_set.records[i].path} (index {i})")
         self.bad_samples |= all_new
         if len(self.bad_samples) > self.cfg.data.skip_budget:
             raise DataError(f"{len(self.bad_samples)} unreadable images exceed data.skip_budget="
@@ -491,7 +489,7 @@ class Trainer:
         if t.nonfinite == "skip":
             self.nonfinite_skipped += 1
             if self.info.is_main:
-                print(f"warning: non-finite step {self.step + 1} skipped ({what}); "
+                say(f"warning: non-finite step {self.step + 1} skipped ({what}); "
                       f"{self.nonfinite_skipped} skipped so far")
             if self.nonfinite_skipped > t.nonfinite_budget:
                 raise TrainingError(f"{self.nonfinite_skipped} non-finite steps exceed train.nonfinite_budget="
@@ -532,20 +530,33 @@ class Trainer:
         c = self.cfg
         warning = self.learning.end_of_epoch(self.epoch, self.info, self.step)
         if warning and self.info.is_main:
-            print(f"warning: {warning}")
+            say(f"warning: {warning}")
             self.log.write({"kind": "warning", "step": self.step, "epoch": self.epoch, "message": warning})
+        val = None
         if self.splits.val and c.train.eval_every and self.epoch % c.train.eval_every == 0:
             report, _, _ = self._evaluate(self.splits.val, "val")
+            val = report["top1"]
             self.log.write({"kind": "val", "step": self.step, "epoch": self.epoch, "top1": report["top1"],
                             f"top{c.eval.topk}": report[f"top{c.eval.topk}"],
                             "mean_class_acc": report["mean_class_acc"]})
-            if self.info.is_main:
-                print(f"epoch {self.epoch}: val top-1 {report['top1']:.2f}%")
             if self.best_val is None or report["top1"] > self.best_val:
                 self.best_val = report["top1"]
                 self.save(ckpt.BEST)
+        if self.info.is_main and (val is not None or (self.progress and not on_terminal())):
+            say(self._epoch_line(val))
         if not c.train.ckpt_every and self.step < self.total_steps:
             self.save()
+
+    def _epoch_line(self, val: Optional[float]) -> str:
+        """One plain line for the epoch that just ended (a log file's progress: no bars there)."""
+        line = f"epoch {self.epoch}/{self.total_epochs} (step {self.step}/{self.total_steps})"
+        rec = self.last_log or {}
+        if "loss" in rec:
+            line += f": loss {rec['loss']:.3f}"
+            if "train_acc" in rec:
+                line += f", train accuracy {rec['train_acc']:.1f}%"
+            line += f", lr {rec['lr']:.2e}, {rec['img_per_s']:.0f} images/s"
+        return line + (f"; val top-1 {val:.2f}%" if val is not None else "")
 
     def _final_test(self) -> Optional[dict[str, Any]]:
         c = self.cfg
@@ -569,15 +580,15 @@ class Trainer:
         if self.info.is_main:
             folder = write_final_report(self.run_dir, report, logits, targets, self.splits.test, self.index.class_names,
                                         self._eval_model(), self.preprocess, self.info.device, c)
-            print(f"test: top-1 {report['top1']:.2f}%, top-{c.eval.topk} {report[f'top{c.eval.topk}']:.2f}%, "
+            say(f"test: top-1 {report['top1']:.2f}%, top-{c.eval.topk} {report[f'top{c.eval.topk}']:.2f}%, "
                   f"mean per-class {report['mean_class_acc']:.2f}% on {report['num_images']} images "
                   f"({report['weights']})")
             if self.bad_samples:
-                print(f"skipped {len(self.bad_samples)} unreadable training image(s) (data.bad_data=skip): "
+                say(f"skipped {len(self.bad_samples)} unreadable training image(s) (data.bad_data=skip): "
                       + ", ".join(self.train_set.records[i].path for i in sorted(self.bad_samples)[:5]))
             if self.nonfinite_skipped:
-                print(f"skipped {self.nonfinite_skipped} non-finite step(s) (train.nonfinite=skip)")
-            print(f"report: {folder / 'index.html'}")
+                say(f"skipped {self.nonfinite_skipped} non-finite step(s) (train.nonfinite=skip)")
+            say(f"report: {folder / 'index.html'}")
         return report
 
 
