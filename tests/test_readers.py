@@ -253,6 +253,36 @@ def test_csv_reader(tmp_path):
         open_dataset("csv", tmp_path)
 
 
+def test_csv_columns_are_read_by_their_header_names(tmp_path):
+    for i in range(4):
+        jpg(tmp_path / "img" / f"{i}.jpg")
+    # another order and an extra column: the names decide, and the reader says what it found
+    (tmp_path / "list.csv").write_text("split,Species,notes,File\ntrain,heron,x,img/0.jpg\ntrain,egret,y,img/1.jpg\n"
+                                       "test,heron,,img/2.jpg\ntest,egret,,img/3.jpg\n")
+    index = open_dataset("csv", tmp_path)
+    assert index.class_names == ["egret", "heron"] and splits(index) == {"train": 2, "test": 2}
+    assert any("label = 'Species'" in n and "path = 'File'" in n for n in index.notes), index.notes
+    # path,split has no label: read by position it took the split for the class; now it says so
+    (tmp_path / "list.csv").write_text("path,split\nimg/0.jpg,train\nimg/1.jpg,test\n")
+    with pytest.raises(DataError, match=r"list.csv:1: the CSV's header \(path, split\) has no label column"):
+        open_dataset("csv", tmp_path)
+
+
+def test_a_dataset_needs_two_classes_and_every_test_class_in_training(tmp_path):
+    from fgvc.data import make_splits
+    from fgvc.config import DataConfig
+
+    write_folder(tmp_path / "one", classes=("x",))
+    with pytest.raises(DataError, match="holds images of 1 class \\('x'\\); a classifier needs at least two"):
+        make_splits(open_dataset("folder", tmp_path / "one"), DataConfig(dataset="folder"), 0)
+    write_folder(tmp_path / "three", classes=("x", "y", "z"))
+    for p in (tmp_path / "three" / "train" / "z").iterdir():
+        p.unlink()
+    (tmp_path / "three" / "train" / "z").rmdir()
+    with pytest.raises(DataError, match="1 class\\(es\\) of the test split have no training image \\(e.g. 'z'\\)"):
+        make_splits(open_dataset("folder", tmp_path / "three"), DataConfig(dataset="folder"), 0)
+
+
 def test_unknown_dataset_and_missing_root(tmp_path):
     with pytest.raises(ConfigError, match="unknown dataset 'cubb'"):
         open_dataset("cubb", tmp_path)

@@ -11,7 +11,7 @@ import numpy as np
 from ..config import DataConfig
 from ..errors import DataError
 from .dataset import ImageDataset, check_images, load_rgb
-from .index import DatasetIndex, stratified_split
+from .index import DatasetIndex, check_classes, stratified_split
 from .readers import list_datasets, open_dataset
 from .record import Record
 from .synthetic import ensure_synthetic
@@ -66,12 +66,19 @@ def make_splits(index: DatasetIndex, cfg: DataConfig, seed: int) -> Splits:
     if overlap:
         raise DataError(f"{len(overlap)} image(s) are in both the training and the test split, "
                         f"e.g. {sorted(overlap)[0]}")
+    check_classes(index, train, test)
     val = train.take(np.zeros(0, dtype=np.int64))
     if cfg.val_fraction > 0:
+        counts = np.bincount(train.labels, minlength=index.num_classes)
+        alone = np.nonzero(counts == 1)[0]
+        if len(alone):
+            raise DataError(f"data.val_fraction={cfg.val_fraction:g}: {len(alone)} class(es) have a single training "
+                            f"image, which cannot be both trained and validated on (e.g. "
+                            f"'{index.class_names[alone[0]]}'); every class needs at least two")
         tr, va = stratified_split(train, cfg.val_fraction, seed)
         train, val = train.take(np.asarray(tr, dtype=np.int64)), train.take(np.asarray(va, dtype=np.int64))
     return Splits(train=train, val=val, test=test)
 
 
 __all__ = ["DatasetIndex", "Record", "ImageDataset", "Splits", "build_index", "make_splits", "check_images",
-           "load_rgb", "open_dataset", "list_datasets", "ensure_synthetic"]
+           "load_rgb", "open_dataset", "list_datasets", "ensure_synthetic", "check_classes"]

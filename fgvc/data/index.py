@@ -131,6 +131,24 @@ def contiguous_labels(ids: Sequence[str], source: str) -> dict[str, int]:
     return out
 
 
+def check_classes(index: DatasetIndex, train: RecordTable, test: RecordTable) -> None:
+    """A classifier needs at least two classes to learn, and a test class it never saw is one it cannot get right.
+
+    Raises:
+        DataError: Fewer than two classes with training images, or test classes without any.
+    """
+    trained = np.unique(train.labels)
+    if len(trained) < 2:
+        named = f" ('{index.class_names[trained[0]]}')" if len(trained) else ""
+        raise DataError(f"{index.name}: the training split holds images of {len(trained)} class{named}; a "
+                        "classifier needs at least two classes")
+    missing = np.setdiff1d(np.unique(test.labels), trained)
+    if len(missing):
+        raise DataError(f"{index.name}: {len(missing)} class(es) of the test split have no training image (e.g. "
+                        f"'{index.class_names[missing[0]]}'); give each at least one, or leave them out of the test "
+                        "split")
+
+
 def stratified_split(records: Sequence[Record], fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Seeded, stratified split of ``records`` into (train, val) index lists.
 

@@ -202,9 +202,11 @@ def write_cub_layout(out: str | Path, classes: int = 10, train_per_class: int = 
     per_class = train_per_class + test_per_class
     iterator = range(classes)
     if progress:
-        from tqdm import tqdm
+        from ..progress import on_terminal, progress_bar
 
-        iterator = tqdm(iterator, desc="synthetic data", unit="class")
+        if not on_terminal():
+            print(f"generating the synthetic data: {classes} classes, {per_class} images each", flush=True)
+        iterator = progress_bar(iterator, desc="synthetic data", unit="class")
     for c in iterator:
         folder = f"{c + 1:03d}.{species[c].name}"
         (out / "images" / folder).mkdir(parents=True, exist_ok=True)

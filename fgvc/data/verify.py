@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 
+from ..errors import DataError
+from ..progress import progress_bar
 from .dataset import check_images
+from .index import check_classes
 from .readers import open_dataset
 
 
@@ -27,6 +30,7 @@ class VerifyReport:
     part_names: list[str]
     notes: list[str]
     unreadable: Optional[list[tuple[int, str, str]]] = None  # None: images not decoded
+    problems: list[str] = field(default_factory=list)  # what makes the dataset unusable for training
     ok: bool = True
 
     def describe(self) -> list[str]:
@@ -44,14 +48,17 @@ class VerifyReport:
         if self.unreadable is not None:
             out.append(f"  unreadable images: {len(self.unreadable)}")
             out += [f"    {path} (index {i}): {why}" for i, path, why in self.unreadable]
+        out += [f"  problem: {p}" for p in self.problems]
         out.append("verdict: " + ("as expected" if self.ok else
+                                  "cannot be trained as it is" if self.problems else
                                   "differs from the official counts or has unreadable images"))
         return out
 
 
 def verify_dataset(root: str | Path, name: str, options: Optional[dict[str, Any]] = None, decode: bool = True,
-                   workers: int = 8, progress: Optional[Callable[[int], None]] = None) -> VerifyReport:
-    """Reads a dataset with the reader ``name`` and checks it (see the module docstring)."""
+                   workers: int = 8, progress: bool = False) -> VerifyReport:
+    """Reads a dataset with the reader ``name`` and checks it (see the module docstring); ``progress`` draws a bar
+    of the decoding on a terminal."""
     index = open_dataset("cub" if name == "synthetic" else name, root, **(options or {}))
     t = index.records
     codes, counts = np.unique(t.split_codes, return_counts=True)
@@ -70,8 +77,15 @@ def verify_dataset(root: str | Path, name: str, options: Optional[dict[str, Any]
         splits=splits, per_class=(int(present.min()), int(present.max())),
         empty_classes=int((per_class == 0).sum()), boxes=boxes, part_names=list(index.part_names),
         notes=list(index.notes))
+    try:
+        check_classes(index, index.select(index.train_splits), index.select(index.test_splits))
+    except DataError as e:
+        report.problems.append(str(e).removeprefix(f"{index.name}: "))
+        ok = False
     if decode:
-        report.unreadable = check_images(index.records, workers=workers, progress=progress)
+        with progress_bar(total=len(index.records), desc="decoding", unit="img", leave=False,
+                          enabled=progress) as bar:
+            report.unreadable = check_images(index.records, workers=workers, progress=bar.update)
         ok &= not report.unreadable
     report.ok = bool(ok)
     return report

@@ -2,8 +2,9 @@
 
 Folder: ``root/<split>/<class>/<image>`` (``train``, ``val``, ``test``, ...), or ``root/<class>/<image>`` with
 no split (then ``test_fraction`` carves a seeded, stratified test split). Class names are the folder
-names, sorted. CSV: ``path,label[,split]`` with an optional header line; paths are relative to the CSV's
-folder; labels are class names or integers.
+names, sorted. CSV: columns ``path``, ``label`` and an optional ``split``, found by their header names (in any order, beside
+other columns) or, without a header, in that order; paths are relative to the CSV's folder; labels are class
+names or integers.
 """
 
 from __future__ import annotations
@@ -65,9 +66,38 @@ def read_folder(root: Path, test_fraction: float = 0.0, seed: int = 0) -> Datase
     return _index("folder", root, records, classes)
 
 
-@register_reader("csv", description="a CSV file: path,label[,split] (paths relative to the file)")
+# Header names the CSV reader recognizes for each column (compared lower-cased, spaces and dashes as underscores).
+CSV_COLUMNS = {
+    "path": ("path", "file", "filename", "file_name", "filepath", "file_path", "image", "image_path", "img", "image_id"),
+    "label": ("label", "class", "class_name", "classname", "category", "species", "target", "name"),
+    "split": ("split", "subset", "set", "fold", "partition"),
+}
+
+
+def csv_columns(header: list[str]) -> Optional[dict[str, int]]:
+    """The position of each known column in a header row (None: the row is not a header, a data row).
+
+    Raises:
+        DataError: A header without a path or a label column.
+    """
+    names = [cell.strip().lower().replace(" ", "_").replace("-", "_") for cell in header]
+    found = {column: next((i for i, n in enumerate(names) if n in known), None) for column, known in CSV_COLUMNS.items()}
+    if all(i is None for i in found.values()):
+        return None
+    missing = [c for c in ("path", "label") if found[c] is None]
+    if missing:
+        raise DataError(f"the CSV's header ({', '.join(h.strip() for h in header)}) has no {' or '.join(missing)} "
+                        f"column; name them {' / '.join(CSV_COLUMNS[missing[0]][:4])} ...")
+    return {c: i for c, i in found.items() if i is not None}
+
+
+@register_reader("csv", description="a CSV file: columns path, label[, split] by header name (or in that order "
+                 "without a header); paths relative to the file")
 def read_csv(root: Path, file: Optional[str] = None, test_fraction: float = 0.0, seed: int = 0) -> DatasetIndex:
     """A CSV list of images.
+
+    With a header row, the columns are found by name (``path``/``file``/``image``..., ``label``/``class``/...,
+    ``split``/``subset``...), in any order and beside other columns; without one, they are ``path,label[,split]``.
 
     Args:
         root: The CSV file, or a folder holding it.
@@ -87,16 +117,25 @@ def read_csv(root: Path, file: Optional[str] = None, test_fraction: float = 0.0,
         path = root
     if not path.is_file():
         raise DataError(f"CSV file not found: {path}")
-    rows = []
+    rows, columns, described = [], None, "no header: path, label[, split] by position"
     with path.open(newline="") as fh:
         for lineno, row in enumerate(csv.reader(fh), 1):
             if not row or not "".join(row).strip() or row[0].startswith("#"):
                 continue
-            if lineno == 1 and row[0].strip().lower() in ("path", "file", "filename", "image"):
-                continue
-            if len(row) < 2:
-                raise DataError(f"{path}:{lineno}: expected path,label[,split], got {row!r}")
-            rows.append((lineno, row[0].strip(), row[1].strip(), row[2].strip() if len(row) > 2 else "train"))
+            if columns is None and not rows:
+                try:
+                    columns = csv_columns(row)
+                except DataError as e:
+                    raise DataError(f"{path}:{lineno}: {e}") from None
+                if columns is not None:
+                    described = "header: " + ", ".join(f"{c} = '{row[i].strip()}'" for c, i in columns.items())
+                    continue
+                columns = {"path": 0, "label": 1, "split": 2}
+            if len(row) <= max(columns["path"], columns["label"]):
+                raise DataError(f"{path}:{lineno}: expected {len(columns)} columns, got {row!r}")
+            split_at = columns.get("split")
+            split = row[split_at].strip() if split_at is not None and split_at < len(row) else ""
+            rows.append((lineno, row[columns["path"]].strip(), row[columns["label"]].strip(), split or "train"))
     if not rows:
         raise DataError(f"{path}: no rows")
     names = sorted({r[2] for r in rows}, key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
@@ -108,10 +147,11 @@ def read_csv(root: Path, file: Optional[str] = None, test_fraction: float = 0.0,
             raise DataError(f"{path}:{lineno}: {p} is already listed at line {seen[p]}")
         seen[p] = lineno
         to_check.append((full, f"{path}:{lineno}"))
-        records.append(Record(path=str(full), label=label_of[label], split=split or "train"))
+        records.append(Record(path=str(full), label=label_of[label], split=split))
     check_files_exist(to_check)
-    if all(len(r) < 4 or r[3] == "train" for r in rows) and test_fraction > 0:
+    if all(r[3] == "train" for r in rows) and test_fraction > 0:
         _carve_test(records, test_fraction, seed)
     index = _index("csv", path.parent, records, names)
     index.sources = [str(path)]
+    index.notes.append(f"{path.name}: {described}")
     return index
