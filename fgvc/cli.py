@@ -211,8 +211,6 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_data_verify(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from .config import parse_overrides
     from .data.verify import verify_dataset
 
@@ -220,9 +218,8 @@ def cmd_data_verify(args: argparse.Namespace) -> int:
     unknown = set(options) - {"options"}
     if unknown:
         raise FgvcError(f"data verify takes data.options.KEY=VALUE settings (reader options), not data.{unknown.pop()}")
-    with tqdm(desc="decoding", unit="img", leave=False, disable=args.no_images) as bar:
-        report = verify_dataset(args.root, args.dataset, options.get("options", {}), decode=not args.no_images,
-                                workers=args.workers, progress=bar.update)
+    report = verify_dataset(args.root, args.dataset, options.get("options", {}), decode=not args.no_images,
+                            workers=args.workers, progress=True)
     print("\n".join(report.describe()))
     return 0 if report.ok else 3
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -187,6 +188,44 @@ def test_entry_point_help_and_error_without_traceback(tmp_path):
     r = subprocess.run(exe + ["eval", str(tmp_path / "no-run")], capture_output=True, text=True)
     assert r.returncode == 1 and r.stderr.startswith("error: checkpoint or run folder not found")
     assert "Traceback" not in r.stderr
+
+
+def test_progress_in_a_pipe_is_one_plain_line_per_epoch_and_bars_only_on_a_terminal(synth, tmp_path):
+    """Piped (a log file), train, eval and data verify write no carriage-return frames, and train says each epoch in
+    one line; on a terminal, the same training draws its bar."""
+    exe = [sys.executable, "-m", "fgvc"]
+    train = exe + ["train", SMOKE, f"data.root={synth}", "data.img_size=32", "data.resize=36", "train.epochs=3",
+                   "eval.explain_samples=0", f"out={tmp_path / 'run'}"]
+    piped = subprocess.run(train, capture_output=True, text=True)
+    assert piped.returncode == 0, piped.stderr
+    assert "\r" not in piped.stdout + piped.stderr
+    epochs = [line for line in piped.stdout.splitlines() if line.startswith("epoch ")]
+    assert [line.split(" (")[0] for line in epochs] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"], piped.stdout
+    assert all("loss" in line and "images/s" in line for line in epochs)
+    for command in (["eval", str(tmp_path / "run")], ["data", "verify", str(synth), "--dataset", "cub"]):
+        r = subprocess.run(exe + command, capture_output=True, text=True)
+        assert r.returncode == 0 and "\r" not in r.stdout + r.stderr, (command, r.stderr)
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    main_fd, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a terminal 120 columns wide
+    shown = subprocess.run(train[:-1] + [f"out={tmp_path / 'tty'}"], stdout=subprocess.PIPE, stderr=terminal,
+                           text=True)
+    os.close(terminal)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(main_fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(main_fd)
+    assert shown.returncode == 0 and b"\r" in drawn and b"train:" in drawn
 
 
 @pytest.mark.parametrize("method", __import__("fgvc").list_methods())

@@ -19,6 +19,7 @@ from ..data.dataset import (
     start_workers,
 )
 from ..data.record import Record
+from ..progress import progress_bar, say
 from .distributed import DistInfo, gather_objects
 from .precision import autocast
 
@@ -43,9 +44,7 @@ def predict_split(model: nn.Module, records: Sequence[Record], transform: Callab
     done = 0
     bar = None
     if progress and info.is_main:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(mine), desc=desc, unit="img", leave=False, dynamic_ncols=True)
+        bar = progress_bar(total=len(mine), desc=desc, unit="img", leave=False)
     while done < len(mine):
         loader = DataLoader(Subset(dataset, mine[done:]), batch_size=batch_size, shuffle=False,
                             num_workers=num_workers, pin_memory=device.type == "cuda",
@@ -69,7 +68,7 @@ def predict_split(model: nn.Module, records: Sequence[Record], transform: Callab
             batch_size = max(1, batch_size // 2)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            print(f"warning: out of memory during {desc}; retrying with batch size {batch_size}")
+            say(f"warning: out of memory during {desc}; retrying with batch size {batch_size}")
     if bar:
         bar.close()
     model.train(was_training)
