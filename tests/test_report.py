@@ -87,3 +87,19 @@ def test_runs_side_by_side_plot_each_runs_classification_loss(tmp_path):
     img = np.asarray(Image.open(path).convert("L"))
     assert img.shape[1] > 800 and img.std() > 10  # a drawn figure, not a blank canvas
     assert not plot_run_comparison({"empty": []}, tmp_path / "none.png") and not (tmp_path / "none.png").exists()
+
+
+def test_curves_of_a_run_with_one_logged_point_are_drawn(tmp_path):
+    """One training record (a one-epoch run that logs once): each panel shows its point, not empty axes."""
+    from fgvc.report.plots import plot_curves, plot_run_comparison
+
+    records = [{"kind": "train", "step": 3, "epoch": 1, "lr": 0.01, "loss": 1.5, "cls": 1.5, "train_acc": 40.0},
+               {"kind": "val", "step": 3, "epoch": 1, "top1": 35.0}]
+    assert plot_curves(records, tmp_path / "curves.png")
+    pixels = np.asarray(Image.open(tmp_path / "curves.png").convert("RGB")).astype(int)
+    purple = (np.abs(pixels - np.array([148, 103, 189])).sum(-1) < 40).sum()  # the learning-rate panel's colour
+    assert purple > 10, purple
+    assert plot_run_comparison({"baseline": records}, tmp_path / "runs.png", reference=("baseline",))
+    drawn = np.asarray(Image.open(tmp_path / "runs.png").convert("L"))
+    left = drawn[:, : drawn.shape[1] // 2]  # the loss panel: no legend there, only the point
+    assert (left < 40).sum() > 30

@@ -22,6 +22,11 @@ def pyplot():
     return plt
 
 
+def points_marker(points: int) -> Optional[str]:
+    """A marker for a curve of so few points that a line alone would not show (one point draws no line)."""
+    return "o" if points < 5 else None
+
+
 def plot_curves(records: list[dict[str, Any]], path: Path) -> bool:
     """Loss terms, learning rate, training accuracy and validation accuracy against the step."""
     train = [r for r in records if r.get("kind") == "train"]
@@ -32,15 +37,17 @@ def plot_curves(records: list[dict[str, Any]], path: Path) -> bool:
     skip = {"kind", "step", "epoch", "lr", "grad_norm", "img_per_s", "mem_gib", "train_acc", "temperature"}
     terms = sorted({k for r in train for k, v in r.items() if k not in skip and isinstance(v, (int, float))})
     steps = [r["step"] for r in train]
+    marker = points_marker(len(steps))
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for term in terms:
-        axes[0].plot(steps, [r.get(term, np.nan) for r in train], label=term, lw=2 if term == "loss" else 1)
+        axes[0].plot(steps, [r.get(term, np.nan) for r in train], label=term, lw=2 if term == "loss" else 1,
+                     marker=marker)
     axes[0].set(title="training loss (total and terms)", xlabel="step")
     axes[0].legend(fontsize=8)
-    axes[1].plot(steps, [r["lr"] for r in train], color="tab:purple")
+    axes[1].plot(steps, [r["lr"] for r in train], color="tab:purple", marker=marker)
     axes[1].set(title="learning rate (backbone)", xlabel="step")
     if any("train_acc" in r for r in train):
-        axes[2].plot(steps, [r.get("train_acc", np.nan) for r in train], label="train (running)")
+        axes[2].plot(steps, [r.get("train_acc", np.nan) for r in train], label="train (running)", marker=marker)
     if val:
         axes[2].plot([r["step"] for r in val], [r["top1"] for r in val], "o-", label="validation top-1")
     axes[2].set(title="accuracy (%)", xlabel="step", ylim=(0, 100))
@@ -69,6 +76,7 @@ def plot_run_comparison(runs: dict[str, list[dict[str, Any]]], path: Path, title
         term = next((k for k in train[0] if k.startswith("cls")), "loss")
         steps = [r["step"] for r in train]
         style = dict(lw=2.2, color="black") if name in reference else dict(lw=1.2, color=colors[i % len(colors)])
+        style["marker"] = points_marker(len(steps))
         axes[0].plot(steps, [r.get(term, np.nan) for r in train], label=name, **style)
         axes[1].plot(steps, [r.get("train_acc", np.nan) for r in train], label=name, **style)
         drawn = True
@@ -170,5 +178,5 @@ def pair_figure(pair: dict[str, Any], predictions: dict[str, np.ndarray], path: 
     return True
 
 
-__all__ = ["MAX_MATRIX", "pyplot", "plot_curves", "plot_run_comparison", "confused_block", "plot_confusion",
+__all__ = ["MAX_MATRIX", "pyplot", "points_marker", "plot_curves", "plot_run_comparison", "confused_block", "plot_confusion",
            "plot_per_class", "pair_figure"]
