@@ -98,3 +98,16 @@ def test_workers_start_deaf_then_ignore_sigterm_and_the_main_process_keeps_its_m
     rows = torch.cat(list(start_workers(loader)))
     assert rows[:, 0].all() and not rows[:, 1].any()  # ignored, and no longer blocked, in the worker
     assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before
+
+
+def test_a_tiny_epoch_compares_no_single_batches_and_a_learning_run_is_not_warned():
+    """A 20-step run on 17 Flowers (4 steps an epoch) warned '1.62 -> 2.08' from one batch against one, at 54.7%
+    training accuracy against 20% chance."""
+    c = LearningCheck(5, "stop", "train.lr=0.01", "", steps_per_epoch=4)
+    c.start_epoch()
+    for loss, acc in ((1.62, 50.0), (1.9, 52.0), (2.0, 55.0), (2.08, 54.7)):
+        c.add(torch.tensor(loss), torch.tensor(acc))
+    assert c.end_of_epoch(1, DistInfo(), 4) is None
+    # longer epochs still warn on a flat loss at chance, and not at twice chance
+    assert "has not fallen" in check([2.3] * 8, [10] * 8)
+    assert check([2.3] * 8, [25] * 8) is None

@@ -4,7 +4,8 @@ of training to the end in silence.
 After the first epoch that ends past the learning-rate warm-up, the mean training loss of its last steps
 is compared with that of its first steps: clearly higher (by half, and above ``log K``) with a training
 accuracy near chance means the run diverged and stops (``train.learning_check=stop``) or warns (``warn``);
-not lower means it warns. At later epochs, a training accuracy near chance warns. Every message names the
+not lower means it warns, unless the epoch is too short to compare (fewer than two steps at each end: one batch
+against another is noise) or the training accuracy is already twice chance or more. At later epochs, a training accuracy near chance warns. Every message names the
 likely cause: the learning rate for the method (with the method's own advice), too high, or too low for
 the new layers to move.
 """
@@ -19,6 +20,9 @@ import torch
 
 from ..errors import TrainingError
 from .distributed import DistInfo, all_reduce_sum
+
+
+MIN_WINDOW = 2  # steps averaged at each end of the epoch before a flat loss is judged (one batch is noise)
 
 
 class LearningCheck:
@@ -71,6 +75,7 @@ class LearningCheck:
         first_loss, _, last_loss, acc = (all_reduce_sum(vec, info) / info.world_size).tolist()
         chance = 100.0 / self.k
         near_chance = not math.isnan(acc) and acc <= 1.5 * chance
+        clearly_above = not math.isnan(acc) and acc >= 2 * chance  # learning, whatever a few batches' losses say
         hint = f"; {self.hint}" if self.hint else ""
         too_high = f"likely cause: the learning rate ({self.lr_text}) is too high for this method{hint}"
         either = (f"likely cause: the learning rate ({self.lr_text}), too high for this method or too low for its "
@@ -82,7 +87,7 @@ class LearningCheck:
                        f"training accuracy is {acc:.1f}% (chance {chance:.1f}%): the run is not learning; {too_high}")
             if self.policy == "stop":
                 raise TrainingError(message + " (train.learning_check=warn trains on anyway)")
-        elif first_judged and last_loss >= first_loss:
+        elif first_judged and last_loss >= first_loss and len(self.first) >= MIN_WINDOW and not clearly_above:
             message = f"the training loss has not fallen in {which} ({first_loss:.3g} -> {last_loss:.3g}); {either}"
         elif not first_judged and near_chance and "chance" not in self.warned:
             self.warned.add("chance")
