@@ -3,8 +3,9 @@ model (``.onnx``), each with a JSON sidecar that holds everything a program need
 
 The batch dimension is dynamic in both. The sidecar names the method and backbone, the class names and
 ids, the output (logits or log-probabilities: softmax gives the method's prediction either way) and the
-whole preprocessing (resize mode and size, interpolation, crop, mean, std), so ``model.onnx`` plus
-``model.json`` are enough to classify an image with onnxruntime and PIL alone. Every export is loaded back
+whole preprocessing (resize mode and size, interpolation, crop, mean, std), so ``model.onnx`` plus its sidecar
+``model.onnx.json`` are enough to classify an image with onnxruntime and PIL alone (the sidecar is named after the
+whole file name, so an ``.onnx`` and a ``.pt2`` export share a folder without overwriting each other's). Every export is loaded back
 and compared with the run's own model on batches of 1 and 3 before the command reports success.
 """
 
@@ -55,10 +56,15 @@ def sidecar(run: Run, fmt: str) -> dict[str, Any]:
             "class_names": run.class_names, "class_ids": run.class_ids}
 
 
+def sidecar_path(out: Path) -> Path:
+    """The sidecar of an exported file: its whole name plus ``.json`` (``model.onnx.json``)."""
+    return out.with_name(out.name + ".json")
+
+
 def export_run(path: Union[str, Path, Run], out: Union[str, Path], opset: int = 18,
                device: str = "cpu") -> ExportResult:
-    """Exports a run (folder, checkpoint or loaded :class:`Run`) to ``out`` (``.pt2`` or ``.onnx``) and writes
-    ``out`` with the suffix ``.json`` beside it; checks the export against the model at batches 1 and 3.
+    """Exports a run (folder, checkpoint or loaded :class:`Run`) to ``out`` (``.pt2`` or ``.onnx``) and writes its
+    sidecar ``out`` + ``.json`` beside it; checks the export against the model at batches 1 and 3.
 
     ``device``: where the program is traced and checked. The CPU (default) gives a portable ``.pt2``; a
     ``.pt2`` traced on CUDA runs on CUDA. ONNX models are always traced on the CPU."""
@@ -95,7 +101,7 @@ def export_run(path: Union[str, Path, Run], out: Union[str, Path], opset: int = 
     meta = sidecar(run, fmt)
     meta["traced_on"] = dev.type
     meta["check"] = {"batches": [1, 3], "max_abs_diff": diff}
-    side = out.with_suffix(".json")
+    side = sidecar_path(out)
     side.write_text(json.dumps(meta, indent=1))
     return ExportResult(out, side, diff)
 
@@ -118,4 +124,4 @@ def _export_onnx(run: Run, example: torch.Tensor, out: Path, opset: int):
     return call
 
 
-__all__ = ["export_run", "ExportResult", "sidecar", "FORMATS"]
+__all__ = ["export_run", "ExportResult", "sidecar", "sidecar_path", "FORMATS"]

@@ -78,7 +78,7 @@ def test_export_writes_a_loadable_program_and_a_complete_sidecar(trained, tmp_pa
     code, out, _ = run(capsys, "export", trained, tmp_path / "model.pt2")
     assert code == 0 and "batch dimension dynamic" in out
     program = torch.export.load(str(tmp_path / "model.pt2"))
-    meta = json.loads((tmp_path / "model.json").read_text())
+    meta = json.loads((tmp_path / "model.pt2.json").read_text())
     assert len(meta["class_names"]) == 3 and meta["input"]["shape"] == ["batch", 3, 32, 32]
     pre = meta["preprocessing"]
     assert (pre["resize"], pre["resize_mode"], pre["img_size"]) == (36, "square", 32) and len(pre["mean"]) == 3
@@ -87,6 +87,10 @@ def test_export_writes_a_loadable_program_and_a_complete_sidecar(trained, tmp_pa
         assert program.module()(torch.randn(batch, 3, 32, 32)).shape == (batch, 3)
     code, _, err = run(capsys, "export", trained, tmp_path / "model.tflite")
     assert code == 1 and "unknown format '.tflite'" in err
+    # an ONNX export beside it keeps the .pt2's sidecar: each file has its own
+    assert run(capsys, "export", trained, tmp_path / "model.onnx")[0] == 0
+    assert json.loads((tmp_path / "model.onnx.json").read_text())["format"] == "onnx"
+    assert json.loads((tmp_path / "model.pt2.json").read_text())["format"] == "torch.export"
 
 
 def test_localize_reports_against_the_synthetic_ground_truth(trained, capsys):

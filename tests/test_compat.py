@@ -42,7 +42,7 @@ def test_a_legacy_run_evaluates_predicts_and_exports(legacy, tmp_path, capsys):
     assert len(predictions) == 3 and all(len(p["top"]) == 5 for p in predictions)
 
     assert main(["export", str(legacy), str(tmp_path / "model.pt2")]) == 0
-    assert (tmp_path / "model.pt2").is_file() and (tmp_path / "model.json").is_file()
+    assert (tmp_path / "model.pt2").is_file() and (tmp_path / "model.pt2.json").is_file()
 
 
 def test_a_legacy_run_resumes_to_the_weights_of_its_uninterrupted_run(legacy):
