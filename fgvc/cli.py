@@ -185,7 +185,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     serve(args.run, host=args.host, port=args.port, device=args.device, max_mb=args.max_mb,
           max_pixels=int(args.max_megapixels * 1e6), max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-          threads=args.threads)
+          threads=args.threads, token=args.token, body_timeout=args.body_timeout)
     return 0
 
 
@@ -490,7 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = command("serve", "a web page (and JSON API) to try a run on your own images",
                  "Serve a run: open http://HOST:PORT/ and drop an image; programs POST to /api/predict.")
     serve.add_argument("run", help="run folder or checkpoint")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface, which "
+                       "needs --token)")
     serve.add_argument("--port", type=int, default=8000, help="port")
     device_option(serve)
     serve.add_argument("--max-mb", type=float, default=20.0, help="largest upload accepted, in MB (10^6 bytes)")
@@ -501,6 +502,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for others to batch with")
     serve.add_argument("--threads", type=int, help="torch threads of the inference thread and decoding threads; "
                     "default: the cores this process may use, at most 8")
+    serve.add_argument("--token", help="a secret every request must send (Authorization: Bearer TOKEN; the page: "
+                       "/?token=TOKEN); required when --host is not a loopback address; default: $FGVC_SERVE_TOKEN")
+    serve.add_argument("--body-timeout", type=float, default=30.0,
+                       help="seconds a request body may pause before the request is answered 408 and closed")
     serve.set_defaults(fn=cmd_serve)
 
     data = command("data", "datasets: synth, verify, list")
