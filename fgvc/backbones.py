@@ -207,6 +207,48 @@ def _missing_key_check(name: str, source: Optional[str]):
                             "architecture?")
 
 
+_TAKES: dict[tuple[str, int, str], bool] = {}  # (model, size, its keyword arguments) -> whether it runs
+
+
+def _takes(name: str, img_size: int, kwargs: dict[str, Any]) -> bool:
+    """Whether the timm model runs on ``img_size`` inputs (a forward on the meta device: no memory, no weights);
+    remembered per process."""
+    key = (name, img_size, repr(sorted(kwargs.items())))
+    if key not in _TAKES:
+        try:
+            with torch.no_grad(), torch.device("meta"):
+                model = create_backbone(name, img_size=img_size, **kwargs).eval()
+                model(torch.empty(1, 3, img_size, img_size))
+            _TAKES[key] = True
+        except (RuntimeError, ValueError, AssertionError):
+            _TAKES[key] = False
+    return _TAKES[key]
+
+
+def check_input_size(name: str, img_size: int, **kwargs: Any) -> None:
+    """Refuses, in one line naming the smallest size it takes, an input size too small for the backbone (a
+    kernel larger than its feature map, a patch larger than the image).
+
+    Raises:
+        ConfigError: ``img_size`` too small (or not one integer).
+    """
+    if isinstance(img_size, bool) or not isinstance(img_size, int):
+        raise ConfigError(f"img_size: fgvc's models take square inputs, one integer (data.img_size), got {img_size!r}")
+    if _takes(name, img_size, kwargs):
+        return
+    high = img_size
+    while not _takes(name, high, kwargs):
+        if high > 4096:
+            raise ConfigError(f"data.img_size: {name} does not run at {img_size} px nor at any size up to 4096 px")
+        high *= 2
+    low = img_size  # fails; high works: the smallest working size lies in (low, high]
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if _takes(name, middle, kwargs) else (middle, high)
+    raise ConfigError(f"data.img_size: {name} cannot take {img_size} px inputs (its feature maps would be smaller than "
+                      f"its kernels or patches); the smallest size it takes is {high} px")
+
+
 def mean_std(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The normalization the backbone's pretrained weights expect (ImageNet's when unknown)."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
@@ -240,8 +282,10 @@ def to_nchw(model: nn.Module, feats: torch.Tensor) -> torch.Tensor:
 
 
 def num_features(model: nn.Module) -> int:
-    """Width of the pooled feature vector."""
-    return int(getattr(model, "num_features"))
+    """Width of the pooled feature vector that the model gives without its classifier: timm's
+    ``head_hidden_size`` where the model has a head layer before the classifier (MobileNetV3's ``conv_head``,
+    EfficientViT's hidden head), else ``num_features`` (the channels of ``forward_features``)."""
+    return int(getattr(model, "head_hidden_size", None) or getattr(model, "num_features"))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -351,7 +395,7 @@ def forward_flops(name: str, img_size: int, **kwargs: Any) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.no_grad(), torch.device("meta"):
-        model = create_backbone(name, img_size=img_size, **kwargs)
+        model = create_backbone(name, img_size=img_size, **kwargs).eval()  # batch norm of one 1x1 map in training
         with FlopCounterMode(display=False) as counter:
             model(torch.empty(1, 3, img_size, img_size))
     return float(counter.get_total_flops())

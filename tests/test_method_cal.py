@@ -152,4 +152,4 @@ def test_a_vit_is_refused_in_one_line_naming_what_is_needed(method, backbone, wh
     with pytest.raises(ConfigError) as e:
         create_model(method, backbone=backbone, num_classes=3, img_size=224 if "tiny" in backbone else 64)
     text = str(e.value)
-    assert "\n" not in text and f"{method} needs a CNN with stages" in text and why in text
+    assert "\n" not in text and f"{method} needs a backbone with stages" in text and why in text

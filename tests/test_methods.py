@@ -136,3 +136,77 @@ def test_forward_exports_with_torch_export(name):
     program = torch.export.export(model, (x,))
     with torch.no_grad():
         assert torch.allclose(program.module()(x), model(x), atol=1e-5)
+
+
+def test_the_baseline_head_fits_the_width_timm_pools_to():
+    """MobileNetV3 and EfficientViT-B pool to head_hidden_size (a conv head before the classifier), not to
+    num_features: the head was sized by the latter ('mat1 and mat2 shapes cannot be multiplied')."""
+    import fgvc
+
+    for backbone in ("mobilenetv3_small_100", "efficientvit_b0"):
+        model = fgvc.create_model("baseline", backbone=backbone, num_classes=K, img_size=64)
+        assert model(torch.randn(2, 3, 64, 64)).shape == (2, K), backbone
+
+
+@pytest.mark.parametrize("method,backbone,size", [("pim", "inception_v3", 96), ("herbs", "efficientvit_m0", 64),
+                                                   ("pmg", "inception_v3", 96)])
+def test_a_last_stage_of_one_pixel_builds_and_trains(method, backbone, size):
+    """The meta-device probes ran a batch of one in training mode: batch norm of a 1x1 map raised."""
+    import fgvc
+
+    model = fgvc.create_model(method, backbone=backbone, num_classes=K, img_size=size)
+    out = model.training_step(torch.randn(2, 3, size, size), torch.tensor([0, 1]), ctx())
+    assert torch.isfinite(out.loss)
+
+
+def test_a_size_too_small_for_the_backbone_is_refused_naming_the_smallest():
+    import fgvc
+
+    with pytest.raises(ConfigError, match="inception_v3 cannot take 64 px inputs .* the smallest size it takes is 75 px"):
+        fgvc.create_model("baseline", backbone="inception_v3", num_classes=K, img_size=64)
+    with pytest.raises(ConfigError, match="square inputs, one integer .* got \\(64, 96\\)"):
+        fgvc.create_model("herbs", backbone="resnet18", num_classes=K, img_size=(64, 96))
+
+
+@pytest.mark.parametrize("name", ["herbs", "pim", "transfg", "rams_trans"])
+def test_images_of_another_size_are_refused_in_one_line(name):
+    model, size = build(name)
+    model.eval()
+    with pytest.raises(ValueError, match=f"built for {size} x {size} inputs, got {size} x {size + 16}"):
+        model(torch.randn(1, 3, size, size + 16))
+
+
+def test_pmg_refuses_a_backbone_with_fewer_than_three_strides_in_words_about_the_backbone():
+    import fgvc
+
+    with pytest.raises(ConfigError, match="pmg needs three stages at different strides .* levit_128s gives 2"):
+        fgvc.create_model("pmg", backbone="levit_128s", num_classes=K, img_size=64)
+
+
+@pytest.mark.parametrize("name", ["wsdan", "herbs", "rams_trans"])
+def test_test_rules_that_average_probabilities_stay_finite_for_a_confident_network(name):
+    """log(mean(softmax)) underflowed to -inf once a probability rounded to 0 (seen on ResNet-50 WS-DAN after one
+    step at lr 1e-2); the log-sum-exp of log-softmaxes gives the same value without it."""
+    model, size = build(name)
+    if name == "rams_trans":
+        model.cfg.inference = "mean"  # the rule that averages the scales' probabilities (the paper's is "first")
+    model.eval()
+    x = torch.randn(2, 3, size, size)
+    reference = model(x)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear) and module.out_features == K:
+                module.weight.mul_(1e4)  # logits thousands apart: softmax gives exact zeros
+    confident = model(x)
+    assert torch.isfinite(reference).all() and torch.isfinite(confident).all()
+    assert torch.allclose(reference.exp().sum(1), torch.ones(2), atol=1e-4)
+
+
+def test_log_mean_softmax_equals_the_log_of_the_mean_where_that_is_finite():
+    from fgvc.methods.ops import log_mean_softmax
+
+    a, b = torch.randn(3, 7), torch.randn(3, 7)
+    expected = ((a.softmax(1) + b.softmax(1)) / 2).log()
+    assert torch.allclose(log_mean_softmax([a, b]), expected, atol=1e-6)
+    far = torch.tensor([[0.0, 2000.0]])
+    assert torch.isfinite(log_mean_softmax([far, far])).all()

@@ -284,7 +284,7 @@ def test_a_dataset_needs_two_classes_and_every_test_class_in_training(tmp_path):
 
 
 def test_unknown_dataset_and_missing_root(tmp_path):
-    with pytest.raises(ConfigError, match="unknown dataset 'cubb'"):
+    with pytest.raises(ConfigError, match="unknown dataset 'cubb' \\(did you mean cub\\?\\); available: .*synthetic"):
         open_dataset("cubb", tmp_path)
     with pytest.raises(DataError, match="needs a root folder"):
         open_dataset("cub", None)

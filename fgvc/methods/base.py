@@ -148,7 +148,8 @@ class Method(nn.Module):
 
     @classmethod
     def cnn_stages_of(cls, spec: ModelSpec) -> list[dict[str, Any]]:
-        """The stages of a backbone for a method that needs a CNN's stages (CAL, PMG).
+        """The stages of a backbone for a method that needs stages at several strides (CAL, PMG): a CNN or a
+        hierarchical transformer.
 
         Raises:
             ConfigError: One line naming what the method needs, for a plain ViT (one token grid, no stages) or
@@ -157,8 +158,8 @@ class Method(nn.Module):
         from ..backbones import is_vit
         from ..errors import ConfigError
 
-        needs = (f"model.backbone: {cls.name} needs a CNN with stages (resnet50, efficientnet_lite0, convnext_tiny, "
-                 f"...); {spec.backbone}")
+        needs = (f"model.backbone: {cls.name} needs a backbone with stages (a CNN or a hierarchical transformer: "
+                 f"resnet50, efficientnet_lite0, convnext_tiny, swin_tiny_patch4_window7_224, ...); {spec.backbone}")
         try:
             info = stage_info(spec.backbone, img_size=spec.img_size, **spec.backbone_args)
         except ConfigError:
@@ -184,6 +185,19 @@ class Method(nn.Module):
         s = self.spec
         return create_stage_backbone(s.backbone, indices, pretrained=s.pretrained, pretrained_file=s.pretrained_file,
                                      img_size=s.img_size, drop_path_rate=s.drop_path_rate, **s.backbone_args)
+
+    def check_input(self, images: torch.Tensor) -> None:
+        """For a method whose token grids are fixed at construction (HERBS and PIM, the ViT methods): images of
+        another size are refused in one line rather than deep inside a reshape.
+
+        Raises:
+            ValueError: ``images`` are not ``img_size x img_size``.
+        """
+        size = self.spec.img_size
+        if tuple(images.shape[-2:]) != (size, size):
+            raise ValueError(f"{self.name} was built for {size} x {size} inputs, got {images.shape[-2]} x "
+                             f"{images.shape[-1]}; resize and crop images to its size first (what the run's "
+                             "preprocessing does)")
 
     @property
     def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -71,8 +71,9 @@ class CAL(WSDAN):
     paper = ("Rao et al., Counterfactual Attention Learning for Fine-Grained Visual Categorization and "
              "Re-identification, ICCV 2021, arXiv 2108.08728")
     code = "https://github.com/raoyongming/CAL"
-    backbones = ("any timm CNN with stages (ResNet, EfficientNet, ConvNeXt, ...): the stage at stride 16; ResNet-101 "
-                 "with its last stage at stride 16 in the paper")
+    backbones = ("any timm model with stages (CNNs and hierarchical transformers: ResNet, EfficientNet, ConvNeXt, "
+                 "Swin, MaxViT, CoAtNet, ...), not a plain ViT: the stage at stride 16; ResNet-101 with its last stage "
+                 "at stride 16 in the paper")
     fc_bias = False
     bap_eps = 1e-6
     center_update = "assign"
@@ -105,7 +106,7 @@ class CAL(WSDAN):
             module = self.stages_of(spec)[self.index]["module"]
             size = spec.img_size
             with torch.no_grad(), torch.device("meta"):  # the resolution it gives, checked without weights
-                probe = create_stage_backbone(spec.backbone, [self.index], img_size=size, **spec.backbone_args)
+                probe = create_stage_backbone(spec.backbone, [self.index], img_size=size, **spec.backbone_args).eval()
                 before = probe(torch.empty(1, 3, size, size))[0].shape[-1]
                 changed = remove_stage_stride(probe.model, module)
                 try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from ..backbones import check_backbone_name
+from ..backbones import check_backbone_name, check_input_size
 from ..config import RunConfig, to_dict
 from ..errors import ConfigError
 from .base import Method, ModelSpec
@@ -38,6 +38,7 @@ def create_model(method: str, *, backbone: str, num_classes: int, img_size: int 
     cls = get_method(method)
     if num_classes < 1:
         raise ConfigError(f"num_classes must be positive, got {num_classes}")
+    check_input_size(backbone, img_size, **dict(backbone_args or {}))
     cfg = method_config(method, options)
     spec = ModelSpec(backbone=backbone, num_classes=num_classes, img_size=img_size, pretrained=pretrained,
                      pretrained_file=pretrained_file, backbone_args=dict(backbone_args or {}),
@@ -52,6 +53,7 @@ def validate_config(cfg: RunConfig) -> None:
     cls = get_method(cfg.model.method)
     method_config(cfg.model.method, cfg.method)
     check_backbone_name(cfg.model.backbone)
+    check_input_size(cfg.model.backbone, cfg.data.img_size, **cfg.model.backbone_args)
     cls.check_backbone(ModelSpec(backbone=cfg.model.backbone, num_classes=1, img_size=cfg.data.img_size,
                                  backbone_args=dict(cfg.model.backbone_args)))
 

@@ -51,6 +51,7 @@ from ..backbones import (
 )
 from ..errors import ConfigError
 from .base import Explanation, Method, ModelSpec, StepContext, StepOutput
+from .ops import log_mean_softmax
 from .registry import register_method
 
 
@@ -199,7 +200,7 @@ class HERBS(Method):
         backbone_indices = [max(self.indices)] if self.levels == "merged" else self.indices
         with torch.no_grad(), torch.device("meta"):  # shapes only: a meta-device pass costs no compute
             meta_backbone = create_stage_backbone(spec.backbone, backbone_indices, img_size=spec.img_size,
-                                                  **spec.backbone_args)
+                                                  **spec.backbone_args).eval()  # batch norm of one 1x1 map
             meta = torch.empty(1, 3, spec.img_size, spec.img_size)
             probed = level_maps(meta_backbone, meta, self.indices, self.levels)
         shapes = [tuple(f.shape[-2:]) for f in probed]
@@ -295,20 +296,20 @@ class HERBS(Method):
         return {"features": chosen, "selected": kept, "dropped": dropped, "order": orders}
 
     def outputs(self, images: torch.Tensor) -> dict[str, object]:
+        self.check_input(images)
         out = self.pyramid(images)
         sel = self.select(out)
         comb = self.combiner(torch.cat(sel["features"], 1))
         return {**out, **{f"sel_{k}": v for k, v in sel.items()}, "comb": comb}
 
-    def combine_probabilities(self, out: dict[str, object]) -> torch.Tensor:
-        """The fixed inference rule: mean of the softmax of the level outputs (token-averaged) and the combiner
-        (HERBS: bottom-up and top-down levels; PIM: the one set of levels)."""
+    def combined_log_probabilities(self, out: dict[str, object]) -> torch.Tensor:
+        """The fixed inference rule: the log of the mean of the softmax of the level outputs (token-averaged) and the
+        combiner (HERBS: bottom-up and top-down levels; PIM: the one set of levels)."""
         levels = list(out["up"]) + (list(out["down"]) if self.cfg.bottom_up else [])
-        probs = [l.float().mean(1).softmax(-1) for l in levels] + [out["comb"].float().softmax(-1)]
-        return torch.stack(probs).mean(0)
+        return log_mean_softmax([l.mean(1) for l in levels] + [out["comb"]])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.combine_probabilities(self.outputs(images)).log()
+        return self.combined_log_probabilities(self.outputs(images))
 
     def training_step(self, images: torch.Tensor, targets: torch.Tensor, ctx: StepContext) -> StepOutput:
         c = self.cfg
@@ -328,7 +329,7 @@ class HERBS(Method):
             logs["refinement"] = ref.detach()
             logs["temperature"] = float(self.temperature)
         with torch.no_grad():
-            logits = self.combine_probabilities(out).log()
+            logits = self.combined_log_probabilities(out)
         return StepOutput(loss=loss, logs=logs, logits=logits)
 
     @torch.no_grad()
@@ -339,7 +340,7 @@ class HERBS(Method):
             picked = torch.zeros(order.shape, device=order.device)
             picked.scatter_(1, order[:, :n], 1.0)
             maps[f"level {i + 1}: {n} selected of {h * w}"] = picked.reshape(-1, h, w)
-        return Explanation(logits=self.combine_probabilities(out).log(), maps=maps)
+        return Explanation(logits=self.combined_log_probabilities(out), maps=maps)
 
 
 def swin_like(backbone: nn.Module) -> bool:

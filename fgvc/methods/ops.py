@@ -5,11 +5,19 @@ and run on the tensors' device.
 
 from __future__ import annotations
 
-from typing import Optional
+import math
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def log_mean_softmax(logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``log(mean_i softmax(logits_i))`` computed as a log-sum-exp of log-softmaxes (float32): the same value,
+    without the underflow to ``-inf`` of the log of a probability that rounds to 0 (a confident network)."""
+    stacked = torch.stack([x.float().log_softmax(-1) for x in logits])
+    return torch.logsumexp(stacked, 0) - math.log(len(logits))
 
 
 def classifier(in_features: int, num_classes: int, init: str = "torch") -> nn.Linear:

@@ -123,8 +123,9 @@ class PMG(Method):
     paper = ("Du et al., Fine-Grained Visual Classification via Progressive Multi-Granularity Training of Jigsaw "
              "Patches, ECCV 2020, arXiv 2003.03836")
     code = "https://github.com/PRIS-CV/PMG-Progressive-Multi-Granularity-Training"
-    backbones = ("any timm CNN with stages (ResNet, EfficientNet, ConvNeXt, ...): the stages at strides 8, 16 and "
-                 "32; ResNet-50 in the paper")
+    backbones = ("any timm model with three stages at different strides (CNNs and hierarchical transformers: "
+                 "ResNet, EfficientNet, ConvNeXt, Swin, MaxViT, CoAtNet, CAFormer, ...): the stages at strides 8, 16 "
+                 "and 32; ResNet-50 in the paper")
     leaves_parameters_unused = True  # a phase trains one classifier: the others get no gradient
 
     @dataclass
@@ -143,7 +144,12 @@ class PMG(Method):
 
     @classmethod
     def check_backbone(cls, spec: ModelSpec) -> None:
-        cls.cnn_stages_of(spec)
+        info = cls.cnn_stages_of(spec)
+        stages = sorted({stage_at_stride(info, r) for r in (8, 16, 32)})
+        if len(stages) < 3:
+            found = ", ".join(f"{info[i]['module']} (stride {info[i]['reduction']})" for i in stages)
+            raise ConfigError(f"model.backbone: pmg needs three stages at different strides for its three "
+                              f"granularities; {spec.backbone} gives {len(stages)}: {found}")
 
     def __init__(self, spec: ModelSpec, cfg: "PMG.Config"):
         super().__init__(spec, cfg)

@@ -27,7 +27,7 @@ from torch import nn
 from ..backbones import create_backbone
 from ..errors import ConfigError
 from .base import Explanation, Method, ModelSpec, StepContext, StepOutput
-from .ops import classifier, crop_and_zoom, largest_component, mask_box
+from .ops import classifier, crop_and_zoom, largest_component, log_mean_softmax, mask_box
 from .registry import register_method
 from .rollout import rollout_row
 from .vit import (
@@ -94,6 +94,7 @@ class RAMSTrans(Method):
     def scale_pass(self, images: torch.Tensor, scale: int) -> tuple[torch.Tensor, list, list]:
         """Logits of one scale, and its queries and keys per layer."""
         vit = self.backbone
+        self.check_input(images)
         x = vit.blocks(vit_tokens(vit, images, cls_token=self.cls_tokens[:, scale:scale + 1]))
         qs, ks = take_queries_and_keys(vit.blocks)
         return self.head(vit.norm(x)[:, 0]), qs, ks
@@ -155,7 +156,7 @@ class RAMSTrans(Method):
         if self.cfg.inference == "first" or self.cfg.scales == 1:
             return self.scale_pass(images, 0)[0]
         logits, _, _ = self.run_scales(images, self.cfg.scales)
-        return torch.stack([l.float().softmax(1) for l in logits]).mean(0).log()
+        return log_mean_softmax(logits)
 
     def training_step(self, images: torch.Tensor, targets: torch.Tensor, ctx: StepContext) -> StepOutput:
         logits, _, _ = self.run_scales(images, self.cfg.scales)

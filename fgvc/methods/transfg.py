@@ -112,6 +112,7 @@ class TransFG(Method):
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """The encoder's output ``z_{L-1}`` ``[B, 1 + N, D]`` and every encoder layer's queries and keys."""
+        self.check_input(images)
         x = self.backbone.blocks(vit_tokens(self.backbone, images))
         qs, ks = take_queries_and_keys(self.backbone.blocks)
         return x, qs, ks
@@ -131,6 +132,7 @@ class TransFG(Method):
         (``method.part_select=false``) the part layer sees every token and no rollout is computed."""
         select = self.cfg.part_select if select is None else select
         if not select:
+            self.check_input(images)
             x = self.backbone.blocks(vit_tokens(self.backbone, images))
             take_queries_and_keys(self.backbone.blocks)  # not needed: let go of them
             return self.part_norm(self.part_layer(x))[:, 0], None, None

@@ -37,7 +37,7 @@ from torch import nn
 from ..backbones import feature_index, stage_at_stride, stage_info
 from ..errors import ConfigError
 from .base import Explanation, Method, ModelSpec, StepContext, StepOutput
-from .ops import crop_and_zoom, mask_box, upsample_maps
+from .ops import crop_and_zoom, log_mean_softmax, mask_box, upsample_maps
 from .registry import register_method
 
 
@@ -156,7 +156,7 @@ class WSDAN(Method):
             return logits
         crop = crop_and_zoom(images, self.refine_boxes(att, images.shape[-2:]))
         logits2 = self.classify(self.maps_and_embedding(crop)[2])
-        return (0.5 * logits.float().softmax(1) + 0.5 * logits2.float().softmax(1)).log()
+        return log_mean_softmax([logits, logits2])
 
     # -- training -------------------------------------------------------------------------------------
 

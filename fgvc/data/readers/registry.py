@@ -7,6 +7,7 @@ checked before it runs. The built-in readers register when ``fgvc.data.readers``
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import typing
 from pathlib import Path
@@ -65,7 +66,11 @@ def open_dataset(name: str, root: str | Path | None, **options: Any) -> DatasetI
         DataError: For a missing root, a missing or malformed file, or an inconsistent annotation.
     """
     if name not in _READERS:
-        raise ConfigError(f"unknown dataset '{name}'; available: {', '.join(sorted(_READERS))}")
+        # `synthetic` is no reader (fgvc.data.build_index generates it) but a name data.dataset takes all the same
+        known = sorted([*_READERS, "synthetic"])
+        near = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        raise ConfigError(f"unknown dataset '{name}'{hint}; available: {', '.join(known)}")
     fn = _READERS[name]
     opts = _check_options(name, fn, options)
     if root is None or str(root) == "":
