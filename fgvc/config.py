@@ -53,6 +53,9 @@ class DataConfig:
     # drops that resize, so a new size never keeps another size's resize
     resize: Optional[int] = None
     resize_mode: Literal["square", "shorter"] = "square"  # square: (r, r), aspect not kept (the papers)
+    # the resize's interpolation; auto: the backbone's pretrained configuration's (timm's; bicubic for most ViTs
+    # and ImageNet CNNs), saved resolved in the run's config
+    interpolation: Literal["auto", "bilinear", "bicubic", "nearest"] = "auto"
     crop_padding: int = 0  # zero padding on every side before the random crop (PMG's RandomCrop(448, padding=8))
     hflip: bool = True
     autoaugment: bool = False  # torchvision's ImageNet AutoAugment policy
@@ -464,8 +467,23 @@ def save_config(cfg: RunConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
+# Settings added after runs were saved without them, with the value those runs used: a saved config that lacks
+# one is read with it, so an earlier run evaluates and resumes as it was trained.
+LEGACY_VALUES = {("data", "interpolation"): "bilinear"}
+
+
+def fill_legacy(data: dict[str, Any]) -> dict[str, Any]:
+    """A saved config (a copy) with :data:`LEGACY_VALUES` where it lacks them."""
+    out = _deep_merge(data, {})
+    for (section, key), value in LEGACY_VALUES.items():
+        if isinstance(out.get(section), dict) and key not in out[section]:
+            out[section] = {**out[section], key: value}
+    return out
+
+
 def config_from_saved(data: dict[str, Any]) -> RunConfig:
-    """Rebuilds a :class:`RunConfig` from the dict stored in a checkpoint or ``config.yaml``."""
-    cfg = from_dict(RunConfig, data)
+    """Rebuilds a :class:`RunConfig` from the dict stored in a checkpoint or ``config.yaml`` (an earlier run's
+    missing settings read as it used them: :data:`LEGACY_VALUES`)."""
+    cfg = from_dict(RunConfig, fill_legacy(data))
     check_ranges(cfg)
     return cfg

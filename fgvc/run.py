@@ -22,7 +22,7 @@ from PIL import Image
 from .config import RunConfig, config_from_saved
 from .data.dataset import load_rgb
 from .data.record import Record
-from .data.transforms import Preprocess, normalization
+from .data.transforms import Preprocess, interpolation, normalization
 from .engine.checkpoint import load_checkpoint, resolve_checkpoint
 from .engine.distributed import resolve_device
 from .errors import DataError, FgvcError
@@ -148,6 +148,8 @@ def load_run(path: Union[str, Path], device: str = "auto", use_ema: bool = True)
     model.load_state_dict(weights)
     model.load_checkpoint_state(state.get("method_state") or {})
     model.to(dev).eval()
+    if cfg.data.interpolation == "auto":  # a config saved without resolving it
+        cfg.data.interpolation = interpolation(cfg.data, model)
     mean, std = normalization(cfg.data, model)
     return Run(model=model, cfg=cfg, class_names=list(labels["class_names"]),
                class_ids=list(labels.get("class_ids", labels["class_names"])), labels=labels, checkpoint=ckpt_path,

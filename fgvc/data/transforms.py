@@ -21,9 +21,12 @@ def resize_size(cfg: DataConfig) -> int:
     return cfg.resize or int(round(cfg.img_size / 0.875))
 
 
-def _resize(size: int, mode: str) -> T.Resize:
-    return T.Resize((size, size) if mode == "square" else size, interpolation=T.InterpolationMode.BILINEAR,
-                    antialias=True)
+MODES = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC,
+         "nearest": T.InterpolationMode.NEAREST}
+
+
+def _resize(size: int, mode: str, interpolation: str = "bilinear") -> T.Resize:
+    return T.Resize((size, size) if mode == "square" else size, interpolation=MODES[interpolation], antialias=True)
 
 
 def normalization(cfg: DataConfig, model: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -32,9 +35,18 @@ def normalization(cfg: DataConfig, model: Any) -> tuple[tuple[float, ...], tuple
     return tuple(cfg.mean or mean), tuple(cfg.std or std)
 
 
+def interpolation(cfg: DataConfig, model: Any) -> str:
+    """``data.interpolation`` where set, else the backbone's pretrained configuration's (bilinear where it names
+    none fgvc knows)."""
+    if cfg.interpolation != "auto":
+        return cfg.interpolation
+    named = str((getattr(model, "pretrained_cfg", None) or {}).get("interpolation", "bilinear"))
+    return named if named in MODES else "bilinear"
+
+
 def build_train_transform(cfg: DataConfig, mean: Sequence[float], std: Sequence[float]) -> T.Compose:
     """Training-time augmentation of a recipe."""
-    ops = [_resize(resize_size(cfg), cfg.resize_mode),
+    ops = [_resize(resize_size(cfg), cfg.resize_mode, "bilinear" if cfg.interpolation == "auto" else cfg.interpolation),
            T.RandomCrop(cfg.img_size, padding=cfg.crop_padding or None, pad_if_needed=True)]
     if cfg.hflip:
         ops.append(T.RandomHorizontalFlip())
@@ -52,23 +64,27 @@ def build_train_transform(cfg: DataConfig, mean: Sequence[float], std: Sequence[
 
 @dataclass(frozen=True)
 class Preprocess:
-    """The fixed evaluation preprocessing: bilinear resize (``square``: to ``resize x resize``; ``shorter``:
-    the shorter side to ``resize``), centre crop of ``img_size``, scaling to [0, 1], normalization."""
+    """The fixed evaluation preprocessing: resize (``square``: to ``resize x resize``; ``shorter``: the shorter side
+    to ``resize``; antialiased, with the run's interpolation), centre crop of ``img_size``, scaling to [0, 1],
+    normalization."""
 
     img_size: int
     resize: int
     resize_mode: str
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    interpolation: str = "bilinear"
 
     @classmethod
     def from_config(cls, cfg: DataConfig, mean: Sequence[float], std: Sequence[float]) -> "Preprocess":
-        return cls(cfg.img_size, resize_size(cfg), cfg.resize_mode, tuple(mean), tuple(std))
+        """From a run's (resolved) data config: ``data.interpolation`` is no longer ``auto`` there."""
+        chosen = "bilinear" if cfg.interpolation == "auto" else cfg.interpolation
+        return cls(cfg.img_size, resize_size(cfg), cfg.resize_mode, tuple(mean), tuple(std), chosen)
 
     def transform(self) -> T.Compose:
         """PIL image -> normalized ``[3, img_size, img_size]`` tensor."""
-        return T.Compose([_resize(self.resize, self.resize_mode), T.CenterCrop(self.img_size), T.ToTensor(),
-                          T.Normalize(self.mean, self.std)])
+        return T.Compose([_resize(self.resize, self.resize_mode, self.interpolation), T.CenterCrop(self.img_size),
+                          T.ToTensor(), T.Normalize(self.mean, self.std)])
 
     def resized(self, width: int, height: int) -> tuple[int, int]:
         """The image size after the resize (torchvision's rule: the long side truncated)."""
@@ -90,11 +106,11 @@ class Preprocess:
         resize = (f"resize to {self.resize}x{self.resize}" if self.resize_mode == "square" else
                   f"resize the shorter side to {self.resize} (the longer side truncated)")
         d = asdict(self)
-        d.update(mean=list(self.mean), std=list(self.std), interpolation="bilinear (antialiased)",
+        d.update(mean=list(self.mean), std=list(self.std), interpolation=f"{self.interpolation} (antialiased)",
                  steps=["convert to RGB", resize, f"centre crop {self.img_size}x{self.img_size}",
                         "scale to [0, 1] (divide by 255)", "subtract mean, divide by std (per channel, RGB order)",
                         "layout NCHW, float32"])
         return d
 
 
-__all__ = ["Preprocess", "build_train_transform", "normalization", "resize_size"]
+__all__ = ["Preprocess", "build_train_transform", "normalization", "interpolation", "resize_size"]

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..config import fill_legacy
+
 # Settings that may change between a run and its resume without changing the result.
 RESUME_FREE = {"name", "out", "device", "data.root", "data.num_workers", "data.eval_batch_size",
                "data.check_images", "train.log_every", "train.ckpt_every", "train.keep_checkpoints",
@@ -71,7 +73,7 @@ def resume_problems(state: dict[str, Any], world_size: int, fingerprint: str, co
                         "(the data order would change)")
     if state["labels"].get("fingerprint") != fingerprint:
         problems.append("the dataset differs (other images, labels or splits)")
-    diffs = config_differences(state["config"], config)
+    diffs = config_differences(fill_legacy(state["config"]), config)
     if diffs:
         problems.append("the config differs: " + "; ".join(diffs[:6]))
     return problems

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..config import RunConfig, absolute_paths, check_ranges, save_config, to_dict
+from ..config import RunConfig, absolute_paths, check_ranges, fill_legacy, save_config, to_dict
 from ..data import build_index, check_images, make_splits
 from ..data.cache import cache_key, load_index
 from ..data.dataset import (
@@ -51,7 +51,7 @@ from ..data.dataset import (
     leave_signals_to_the_main_process,
     start_workers,
 )
-from ..data.transforms import Preprocess, build_train_transform, normalization
+from ..data.transforms import Preprocess, build_train_transform, interpolation, normalization
 from ..errors import (
     EXIT_PREEMPTED,
     CheckpointError,
@@ -115,6 +115,7 @@ class Trainer:
         self.nonfinite_skipped = 0
         self.best_val: Optional[float] = None
         self.log: Optional[RunLog] = None
+        self.resume_state: Optional[tuple[Path, dict[str, Any]]] = None  # the checkpoint to continue, until applied
         self.last_log: Optional[dict[str, Any]] = None  # the newest training record (for the epoch line)
 
     # ---------------------------------------------------------------------------------------------
@@ -142,6 +143,7 @@ class Trainer:
     def _build(self) -> None:
         cfg, info, t = self.cfg, self.info, self.cfg.train
         validate_config(cfg)
+        self.resume_state = self._find_resume_state()
         if t.select == "best_val" and cfg.data.val_fraction <= 0:
             raise ConfigError("train.select=best_val needs a validation split: set data.val_fraction (e.g. 0.1)")
         seed_everything(t.seed)
@@ -160,6 +162,9 @@ class Trainer:
         self.model.to(info.device)  # anything a constructor made elsewhere
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if cfg.data.interpolation == "auto":  # a resumed run keeps its own; a new one takes the backbone's
+            saved = self.resume_state[1]["config"]["data"] if self.resume_state else {}
+            cfg.data.interpolation = saved.get("interpolation") or interpolation(cfg.data, self.model)
         mean, std = normalization(cfg.data, self.model)
         self.preprocess = Preprocess.from_config(cfg.data, mean, std)
         self.train_set = ImageDataset(self.splits.train, build_train_transform(cfg.data, mean, std), seed=t.seed,
@@ -257,7 +262,9 @@ class Trainer:
         barrier(self.info)
         return path
 
-    def _restore(self) -> None:
+    def _find_resume_state(self) -> Optional[tuple[Path, dict[str, Any]]]:
+        """The checkpoint this run continues, read (its saved config read as an earlier run's: fill_legacy);
+        None for a new run."""
         found = None
         if self.resume_from is not None:
             found = (self.resume_from, ckpt.load_checkpoint(self.resume_from))
@@ -265,6 +272,12 @@ class Trainer:
             found = ckpt.find_resumable(self.run_dir)
             if found is None:
                 raise CheckpointError(f"{self.run_dir}: no valid checkpoint to resume from")
+        if found is not None:
+            found[1]["config"] = fill_legacy(found[1]["config"])
+        return found
+
+    def _restore(self) -> None:
+        found, self.resume_state = self.resume_state, None  # the state is let go once applied
         if found is None:
             return
         path, state = found

@@ -204,6 +204,11 @@ class Method(nn.Module):
         """Input normalization of the pretrained backbone."""
         return mean_std(self.backbone)
 
+    @property
+    def pretrained_cfg(self) -> dict[str, Any]:
+        """The backbone's timm pretrained configuration (normalization, interpolation, input size)."""
+        return dict(getattr(self.backbone, "pretrained_cfg", None) or {})
+
     # -- the three faces ----------------------------------------------------------------------------
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract

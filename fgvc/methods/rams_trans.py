@@ -30,13 +30,8 @@ from .base import Explanation, Method, ModelSpec, StepContext, StepOutput
 from .ops import classifier, crop_and_zoom, largest_component, log_mean_softmax, mask_box
 from .registry import register_method
 from .rollout import rollout_row
-from .vit import (
-    record_queries_and_keys,
-    take_queries_and_keys,
-    vit_problem,
-    vit_set_patch_stride,
-    vit_tokens,
-)
+from .vit import (final_norm, prefix_tokens, record_queries_and_keys, run_blocks, set_mlp_dropout,
+                  take_queries_and_keys, vit_problem, vit_rope, vit_set_patch_stride, vit_tokens)
 
 
 @register_method
@@ -46,7 +41,8 @@ class RAMSTrans(Method):
     name = "rams_trans"
     paper = "Hu et al., RAMS-Trans: Recurrent Attention Multi-scale Transformer, ACM MM 2021 (arXiv 2107.08192)"
     code = "https://github.com/hyqyoung/RAMS-Trans (released, incomplete; fgvc follows the paper)"
-    backbones = "timm ViTs with a class token and standard attention (ViT-B/16 at 448 in the paper)"
+    backbones = ("timm ViTs with a class token (ViT, DeiT, DINOv2 with or without registers, DINOv3, EVA-02, CLIP; "
+                 "ViT-B/16 at 448 in the paper)")
 
     @dataclass
     class Config:
@@ -75,8 +71,8 @@ class RAMSTrans(Method):
         self.grid = vit_set_patch_stride(vit, spec.img_size, self.patch)  # non-overlapping, resized once
         vit.pos_drop.p = cfg.embed_dropout
         for blk in vit.blocks:
-            blk.mlp.drop1.p = cfg.mlp_dropout
-            blk.mlp.drop2.p = cfg.mlp_dropout
+            set_mlp_dropout(blk, cfg.mlp_dropout)
+        self.prefix = prefix_tokens(vit)  # the class token and any register tokens
         self.cls_tokens = nn.Parameter(vit.cls_token.detach().repeat(1, cfg.scales, 1))
         vit.cls_token = None  # replaced by the scale-specific tokens
         self.backbone = vit
@@ -95,9 +91,10 @@ class RAMSTrans(Method):
         """Logits of one scale, and its queries and keys per layer."""
         vit = self.backbone
         self.check_input(images)
-        x = vit.blocks(vit_tokens(vit, images, cls_token=self.cls_tokens[:, scale:scale + 1]))
-        qs, ks = take_queries_and_keys(vit.blocks)
-        return self.head(vit.norm(x)[:, 0]), qs, ks
+        rope = vit_rope(vit, self.grid)
+        x = run_blocks(vit.blocks, vit_tokens(vit, images, cls_token=self.cls_tokens[:, scale:scale + 1]), rope)
+        qs, ks = take_queries_and_keys(vit.blocks, rope)
+        return self.head(final_norm(vit)(x)[:, 0]), qs, ks
 
     def attention_map(self, qs: list, ks: list) -> torch.Tensor:
         """The DPPM's patch scores ``[B, rows, cols]``, divided by their maximum."""
@@ -111,7 +108,7 @@ class RAMSTrans(Method):
             start = torch.full((b, n), 1.0 / n, device=q.device, dtype=dtype)
         row = rollout_row(start, qs, ks, self.backbone.blocks[0].attn.scale, head_mean=True, identity=0.5,
                           chunk=self.cfg.rollout_chunk)
-        g = row[:, 1:]
+        g = row[:, self.prefix:]  # the patches (after the class and register tokens)
         g = g / g.max(1, keepdim=True).values.clamp_min(torch.finfo(g.dtype).tiny)
         return g.reshape(b, *self.grid)
 

@@ -36,24 +36,21 @@ from .base import Explanation, Method, ModelSpec, StepContext, StepOutput
 from .ops import classifier
 from .registry import register_method
 from .rollout import rollout_row
-from .vit import (
-    record_queries_and_keys,
-    take_queries_and_keys,
-    vit_problem,
-    vit_set_patch_stride,
-    vit_tokens,
-)
+from .vit import (final_norm, prefix_tokens, record_queries_and_keys, run_blocks, set_mlp_dropout,
+                  take_queries_and_keys, vit_problem, vit_rope, vit_set_patch_stride, vit_tokens)
 
 
 def official_block_init(block: nn.Module) -> None:
     """Re-initializes a transformer block as the official TransFG code creates its part layer: PyTorch's
-    default for the attention linears and norms, Xavier-uniform MLP weights with N(0, 1e-6) biases."""
+    default for the attention linears and norms, Xavier-uniform MLP weights with N(0, 1e-6) biases (every linear
+    of the MLP: ``fc1`` and ``fc2`` of a ViT's, the gated linears of EVA's)."""
     for m in block.modules():
         if isinstance(m, (nn.Linear, nn.LayerNorm)):
             m.reset_parameters()
-    for fc in (block.mlp.fc1, block.mlp.fc2):
+    for fc in (m for m in block.mlp.modules() if isinstance(m, nn.Linear)):
         nn.init.xavier_uniform_(fc.weight)
-        nn.init.normal_(fc.bias, std=1e-6)
+        if fc.bias is not None:
+            nn.init.normal_(fc.bias, std=1e-6)
 
 
 @register_method
@@ -63,7 +60,8 @@ class TransFG(Method):
     name = "transfg"
     paper = "He et al., TransFG: A Transformer Architecture for Fine-grained Recognition, AAAI 2022 (arXiv 2103.07976)"
     code = "https://github.com/TACJu/TransFG"
-    backbones = "timm ViTs with a class token and standard attention (vit_*_patch16_*, deit_*; ViT-B/16 in the paper)"
+    backbones = ("timm ViTs with a class token (ViT, DeiT, DINOv2 with or without registers, DINOv3, EVA-02, CLIP; "
+                 "ViT-B/16 in the paper)")
 
     @dataclass
     class Config:
@@ -95,11 +93,11 @@ class TransFG(Method):
         if cfg.part_layer_init == "random":
             official_block_init(part_layer)
         for blk in [*vit.blocks, part_layer]:
-            blk.mlp.drop1.p = cfg.mlp_dropout
-            blk.mlp.drop2.p = cfg.mlp_dropout
+            set_mlp_dropout(blk, cfg.mlp_dropout)
         self.backbone = vit
+        self.prefix = prefix_tokens(vit)  # the class token and any register tokens
         self.part_layer = part_layer
-        self.part_norm = vit.norm  # the pretrained encoder norm (official commit ff28b58)
+        self.part_norm = final_norm(vit)  # the pretrained encoder norm (official commit ff28b58)
         self.head = classifier(vit.embed_dim, spec.num_classes, spec.head_init)
         record_queries_and_keys(vit.blocks)
         self.patch = vit.patch_embed.proj.kernel_size[0]
@@ -113,8 +111,9 @@ class TransFG(Method):
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """The encoder's output ``z_{L-1}`` ``[B, 1 + N, D]`` and every encoder layer's queries and keys."""
         self.check_input(images)
-        x = self.backbone.blocks(vit_tokens(self.backbone, images))
-        qs, ks = take_queries_and_keys(self.backbone.blocks)
+        rope = vit_rope(self.backbone, self.grid)
+        x = run_blocks(self.backbone.blocks, vit_tokens(self.backbone, images), rope)
+        qs, ks = take_queries_and_keys(self.backbone.blocks, rope)
         return x, qs, ks
 
     def rollout(self, qs: list[torch.Tensor], ks: list[torch.Tensor]) -> torch.Tensor:
@@ -133,14 +132,20 @@ class TransFG(Method):
         select = self.cfg.part_select if select is None else select
         if not select:
             self.check_input(images)
-            x = self.backbone.blocks(vit_tokens(self.backbone, images))
+            rope = vit_rope(self.backbone, self.grid)
+            x = run_blocks(self.backbone.blocks, vit_tokens(self.backbone, images), rope)
             take_queries_and_keys(self.backbone.blocks)  # not needed: let go of them
-            return self.part_norm(self.part_layer(x))[:, 0], None, None
+            return self.part_norm(run_blocks([self.part_layer], x, rope))[:, 0], None, None
         x, qs, ks = self.encode(images)
         rows = self.rollout(qs, ks)
-        idx = rows[:, :, 1:].argmax(-1) + 1  # per head; duplicates kept, as the official code
+        idx = rows[:, :, self.prefix:].argmax(-1) + self.prefix  # per head; duplicates kept, as the official code
         parts = x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
-        h = self.part_layer(torch.cat([x[:, :1], parts], 1))
+        # the part layer sees the prefix tokens (class, registers) and the selected patches, each with its own
+        # rotary position where the model has one
+        rope = vit_rope(self.backbone, self.grid)
+        if rope is not None:
+            rope = rope[idx - self.prefix][:, None]  # [B, 1, heads, 2 * dims]: one row per selected patch
+        h = run_blocks([self.part_layer], torch.cat([x[:, :self.prefix], parts], 1), rope)
         return self.part_norm(h)[:, 0], idx, rows
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -158,8 +163,9 @@ class TransFG(Method):
     # -- what it localizes ----------------------------------------------------------------------------
 
     def patch_boxes(self, idx: torch.Tensor) -> torch.Tensor:
-        """Pixel boxes ``[..., 4]`` (x0, y0, x1, y1) of token positions (1-based over patches)."""
-        row, col = (idx - 1).div(self.grid[1], rounding_mode="floor"), (idx - 1) % self.grid[1]
+        """Pixel boxes ``[..., 4]`` (x0, y0, x1, y1) of token positions (the first patch after the prefix tokens)."""
+        patch = idx - self.prefix
+        row, col = patch.div(self.grid[1], rounding_mode="floor"), patch % self.grid[1]
         s = self.cfg.slide_step
         return torch.stack([col * s, row * s, col * s + self.patch - 1, row * s + self.patch - 1], -1).float()
 
@@ -168,7 +174,7 @@ class TransFG(Method):
         feat, idx, rows = self.features(images, select=True)  # the selection is drawn even when it is off
         if not self.cfg.part_select:
             feat = self.features(images)[0]
-        heat = rows[:, :, 1:].mean(1).reshape(-1, *self.grid)
+        heat = rows[:, :, self.prefix:].mean(1).reshape(-1, *self.grid)
         boxes = self.patch_boxes(idx)
         centres = (boxes[..., :2] + boxes[..., 2:]) / 2
         return Explanation(logits=self.head(feat), maps={"rollout (CLS row, mean of heads)": heat},
