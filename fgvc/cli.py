@@ -334,6 +334,27 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_backbones(args: argparse.Namespace) -> int:
+    from .bench.backbones import FAMILIES, backbone_table, table
+
+    families = FAMILIES
+    if args.families:
+        wanted = [f.strip() for f in args.families.split(",") if f.strip()]
+        known = {f.name: f for f in FAMILIES} | {f.model: f for f in FAMILIES}
+        unknown = [w for w in wanted if w not in known]
+        if unknown:
+            raise FgvcError(f"unknown famil(ies) {unknown}; the families: {', '.join(f.name for f in FAMILIES)}")
+        families = [known[w] for w in wanted]
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    rows = backbone_table(methods, families, log=lambda m: print(m, flush=True))
+    print()
+    print(table(rows))
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "bench-backbones.json").write_text(json.dumps(rows, indent=1))
+    return 0 if all(r["result"] != "failed" for r in rows) else 1
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from .methods import get_method, list_methods
     from .recipes import list_recipes
@@ -629,6 +650,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench_serve.add_argument("--sequential", type=int, default=40, help="requests of the sequential measurement")
     bench_serve.add_argument("--out", help="folder for bench-serve.json; default: none (print only)")
     bench_serve.set_defaults(fn=cmd_bench_serve)
+
+    bench_backbones = command("bench-backbones", "which method runs on which timm family: build, a training step, "
+                              "explain and export, or a one-line refusal (random weights, small inputs)",
+                              "Check every method against one model of each of twenty-odd timm families (random "
+                              "weights, small inputs): built, one training step, explain, and a torch.export program "
+                              "equal to the model; a method that cannot use a backbone must refuse it in one line. "
+                              "Prints the table of docs/methods.md; exits 1 if any pair failed.")
+    bench_backbones.add_argument("--methods", help="comma-separated methods; default: every method")
+    bench_backbones.add_argument("--families", help="comma-separated families or model names; default: all")
+    bench_backbones.add_argument("--out", help="folder for bench-backbones.json; default: none (print only)")
+    bench_backbones.set_defaults(fn=cmd_bench_backbones)
 
     methods = command("methods", "the methods, their papers, the backbones they accept and their recipes")
     methods.set_defaults(fn=cmd_methods)

@@ -45,5 +45,19 @@ class Baseline(Method):
     def explain(self, images: torch.Tensor) -> Explanation:
         feats = self.backbone.forward_features(images)
         logits = self.head(self.backbone.forward_head(feats, pre_logits=True))
-        cam = class_activation_maps(to_nchw(self.backbone, feats), self.head.weight, logits.argmax(1))
-        return Explanation(logits=logits, maps={"CAM (predicted class)": cam})
+        predicted = logits.argmax(1)
+        if num_features(self.backbone) == self.backbone.num_features or feats.ndim != 4:
+            cam = class_activation_maps(to_nchw(self.backbone, feats), self.head.weight, predicted)
+            return Explanation(logits=logits, maps={"CAM (predicted class)": cam})
+        return Explanation(logits=logits, maps={"class score per location (predicted class)":
+                                                self.scores_per_location(feats, predicted)})
+
+    def scores_per_location(self, feats: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """A class activation map through a hidden head (MobileNetV3's ``conv_head``, EfficientViT's): each location
+        of the feature map pooled alone through the model's head, then the classifier; ``[B, h, w]``."""
+        nhwc = getattr(self.backbone, "output_fmt", "NCHW") == "NHWC"
+        b, h, w = (feats.shape[0], *feats.shape[1:3]) if nhwc else (feats.shape[0], *feats.shape[2:])
+        cells = feats.reshape(b * h * w, 1, 1, -1) if nhwc else \
+            feats.permute(0, 2, 3, 1).reshape(b * h * w, -1, 1, 1)
+        scores = self.head(self.backbone.forward_head(cells, pre_logits=True)).reshape(b, h * w, -1)
+        return scores.gather(2, classes.view(b, 1, 1).expand(b, h * w, 1)).reshape(b, h, w)
