@@ -74,6 +74,18 @@ class DataConfig:
 
 
 @dataclass
+class LoraConfig:
+    """Low-rank adapters in the backbone (``model.finetune=lora``), through the peft library."""
+
+    rank: int = 8
+    alpha: float = 16.0  # the adapters' output is scaled by alpha / rank
+    dropout: float = 0.0
+    # auto: every linear layer of the backbone, or its convolutions (groups 1) where it has no linear layer;
+    # linear; conv; or a list of module names (a name matches itself and any module whose name ends with it)
+    targets: Union[Literal["auto", "linear", "conv"], list[str]] = "auto"
+
+
+@dataclass
 class ModelConfig:
     """The method and its timm backbone."""
 
@@ -86,6 +98,10 @@ class ModelConfig:
     # the new classifier of baseline, TransFG and RAMS-Trans: PyTorch's Linear default, or as timm initializes a
     # new ViT head (truncated normal, std 0.02, zero bias)
     head_init: Literal["torch", "trunc_normal"] = "torch"
+    # how the backbone trains: full (every weight), linear (frozen: a linear probe, or the method's own layers on a
+    # frozen backbone), lora (frozen, with low-rank adapters in it: model.lora); the method's own layers always train
+    finetune: Literal["full", "linear", "lora"] = "full"
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
@@ -141,6 +157,7 @@ class EvalConfig:
     topk: int = 5
     confused_pairs: int = 10
     explain_samples: int = 8  # overlays written into report/explain after training (0: none)
+    test: bool = True  # evaluate the test split once at the end (false: a tuning trial, judged on validation only)
 
 
 @dataclass
@@ -165,6 +182,8 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     method: dict[str, Any] = field(default_factory=dict)  # validated by the method's own Config
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    # what `fgvc compare --tune` may change, dotted key -> {low, high, log} or {choices}: see fgvc/compare/space.py
+    search: dict[str, Any] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -445,6 +464,11 @@ def check_ranges(cfg: RunConfig) -> None:
     for key in ("train_per_class", "test_per_class"):
         _at_least(getattr(s, key), 1, f"data.synthetic.{key}")
     _at_least(s.size, 16, "data.synthetic.size")
+    lora = cfg.model.lora
+    _at_least(lora.rank, 1, "model.lora.rank")
+    if not lora.alpha > 0:
+        raise ConfigError(f"model.lora.alpha: must be positive, got {lora.alpha!r}")
+    _fraction(lora.dropout, "model.lora.dropout")
     _at_least(e.topk, 1, "eval.topk")
     for key in ("confused_pairs", "explain_samples"):
         _at_least(getattr(e, key), 0, f"eval.{key}")
@@ -473,12 +497,13 @@ LEGACY_VALUES = {("data", "interpolation"): "bilinear"}
 
 
 def fill_legacy(data: dict[str, Any]) -> dict[str, Any]:
-    """A saved config (a copy) with :data:`LEGACY_VALUES` where it lacks them."""
-    out = _deep_merge(data, {})
+    """A saved config (a copy) completed for today's fields: a setting it lacks reads as its run used it, the
+    value of :data:`LEGACY_VALUES` or else today's default (which was then the only behaviour)."""
+    defaults = to_dict(RunConfig())
     for (section, key), value in LEGACY_VALUES.items():
-        if isinstance(out.get(section), dict) and key not in out[section]:
-            out[section] = {**out[section], key: value}
-    return out
+        defaults[section][key] = value
+    defaults["method"] = {}  # a method's options are its own; the saved ones are resolved already
+    return _deep_merge(defaults, data)
 
 
 def config_from_saved(data: dict[str, Any]) -> RunConfig:

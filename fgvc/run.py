@@ -27,6 +27,7 @@ from .engine.checkpoint import load_checkpoint, resolve_checkpoint
 from .engine.distributed import resolve_device
 from .errors import DataError, FgvcError
 from .methods import create_model_from_config
+from .methods.finetune import merge_adapters
 from .methods.base import Method
 
 Item = Union[str, Path, Image.Image, Record]
@@ -126,13 +127,14 @@ class Run:
         return self.model(images).float().softmax(1)
 
 
-def load_run(path: Union[str, Path], device: str = "auto", use_ema: bool = True) -> Run:
+def load_run(path: Union[str, Path], device: str = "auto", use_ema: bool = True, merge: bool = True) -> Run:
     """Loads a run folder (its ``last.pt``) or a checkpoint file, in eval mode.
 
     Args:
         path: Run folder or checkpoint.
         device: ``auto``, ``cpu``, ``cuda``...
         use_ema: Use the EMA weights when the run kept them.
+        merge: Fold a LoRA run's adapters into their layers (``fgvc.methods.finetune.merge_adapters``).
     """
     ckpt_path = resolve_checkpoint(path)
     state = load_checkpoint(ckpt_path)
@@ -147,6 +149,8 @@ def load_run(path: Union[str, Path], device: str = "auto", use_ema: bool = True)
         weights = {k.removeprefix("module."): v for k, v in state["ema"].items()}
     model.load_state_dict(weights)
     model.load_checkpoint_state(state.get("method_state") or {})
+    if merge:
+        merge_adapters(model)  # a LoRA run's adapters folded into their layers: no peft in what is used or exported
     model.to(dev).eval()
     if cfg.data.interpolation == "auto":  # a config saved without resolving it
         cfg.data.interpolation = interpolation(cfg.data, model)

@@ -18,7 +18,7 @@ from ..config import fill_legacy
 # Settings that may change between a run and its resume without changing the result.
 RESUME_FREE = {"name", "out", "device", "data.root", "data.num_workers", "data.eval_batch_size",
                "data.check_images", "train.log_every", "train.ckpt_every", "train.keep_checkpoints",
-               "train.tensorboard", "train.record_sample_ids", "train.eval_every", "eval", "reference"}
+               "train.tensorboard", "train.record_sample_ids", "train.eval_every", "eval", "reference", "search"}
 
 
 def seed_everything(seed: int) -> None:
@@ -46,7 +46,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in d.items():
-        if isinstance(v, dict) and k not in ("method", "options", "backbone_args"):
+        if isinstance(v, dict) and k not in ("method", "options", "backbone_args", "search"):
             out.update(_flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v

@@ -120,6 +120,8 @@ class Method(nn.Module):
 
     def __init__(self, spec: ModelSpec, cfg: Any):
         super().__init__()
+        self.finetune = "full"  # how the backbone trains (fgvc.methods.finetune sets it)
+        self.frozen_backbone = False  # linear: the backbone stays in eval mode while the method trains
         self.spec = spec
         self.cfg = cfg  # the options as the user gave them; resolved choices live on the instance
         self.num_classes = spec.num_classes
@@ -243,8 +245,16 @@ class Method(nn.Module):
         """Restores what :meth:`state_for_checkpoint` returned."""
 
     def is_pretrained_parameter(self, name: str) -> bool:
-        """Whether a parameter comes from the pretrained backbone (trained at the base LR)."""
-        return name.startswith("backbone.")
+        """Whether a parameter comes from the pretrained backbone (trained at the base LR); LoRA adapters inside it
+        are new layers."""
+        return name.startswith("backbone.") and "lora_" not in name
+
+    def train(self, mode: bool = True) -> "Method":
+        """As ``nn.Module.train``; a frozen backbone (``model.finetune=linear``) stays in eval mode."""
+        super().train(mode)
+        if self.frozen_backbone:
+            self.backbone.eval()
+        return self
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names exempt from weight decay besides norms and biases (tokens, embeddings)."""

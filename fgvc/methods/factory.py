@@ -6,18 +6,20 @@ Python API), after the checks that catch a wrong setting before any work starts.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from ..backbones import check_backbone_name, check_input_size
-from ..config import RunConfig, to_dict
+from ..config import LoraConfig, RunConfig, from_dict, to_dict
 from ..errors import ConfigError
 from .base import Method, ModelSpec
+from .finetune import MODES, apply_finetune, check_finetune
 from .registry import get_method, method_config
 
 
 def create_model(method: str, *, backbone: str, num_classes: int, img_size: int = 224, pretrained: bool = False,
                  pretrained_file: Optional[str] = None, backbone_args: Optional[dict[str, Any]] = None,
-                 drop_path_rate: float = 0.0, head_init: str = "torch", **options: Any) -> Method:
+                 drop_path_rate: float = 0.0, head_init: str = "torch", finetune: str = "full",
+                 lora: Optional[Union[LoraConfig, dict[str, Any]]] = None, **options: Any) -> Method:
     """Builds a method around a timm backbone.
 
     Args:
@@ -30,6 +32,8 @@ def create_model(method: str, *, backbone: str, num_classes: int, img_size: int 
         backbone_args: Extra keyword arguments for ``timm.create_model``.
         drop_path_rate: Stochastic depth of the backbone.
         head_init: Initialization of a new linear head (``torch`` or ``trunc_normal``).
+        finetune: How the backbone trains: ``full``, ``linear`` (frozen) or ``lora`` (frozen, with adapters).
+        lora: The adapters' settings for ``lora`` (:class:`~fgvc.config.LoraConfig` or its fields).
         **options: The method's own options (fields of its ``Config``).
 
     Returns:
@@ -44,7 +48,14 @@ def create_model(method: str, *, backbone: str, num_classes: int, img_size: int 
                      pretrained_file=pretrained_file, backbone_args=dict(backbone_args or {}),
                      drop_path_rate=drop_path_rate, head_init=head_init)
     cls.check_backbone(spec)
-    return cls(spec, cfg)
+    lora_cfg = lora if isinstance(lora, LoraConfig) else from_dict(LoraConfig, lora or {}, prefix="model.lora.")
+    if finetune not in MODES:
+        raise ConfigError(f"model.finetune: {finetune!r} is not one of {', '.join(MODES)}")
+    if finetune == "lora":
+        check_finetune(Method.probe_backbone(spec), finetune, lora_cfg, backbone)
+    model = cls(spec, cfg)
+    apply_finetune(model, finetune, lora_cfg)
+    return model
 
 
 def validate_config(cfg: RunConfig) -> None:
@@ -54,8 +65,11 @@ def validate_config(cfg: RunConfig) -> None:
     method_config(cfg.model.method, cfg.method)
     check_backbone_name(cfg.model.backbone)
     check_input_size(cfg.model.backbone, cfg.data.img_size, **cfg.model.backbone_args)
-    cls.check_backbone(ModelSpec(backbone=cfg.model.backbone, num_classes=1, img_size=cfg.data.img_size,
-                                 backbone_args=dict(cfg.model.backbone_args)))
+    spec = ModelSpec(backbone=cfg.model.backbone, num_classes=1, img_size=cfg.data.img_size,
+                     backbone_args=dict(cfg.model.backbone_args))
+    cls.check_backbone(spec)
+    if cfg.model.finetune == "lora":
+        check_finetune(Method.probe_backbone(spec), cfg.model.finetune, cfg.model.lora, cfg.model.backbone)
 
 
 def create_model_from_config(cfg: RunConfig, num_classes: int) -> Method:
@@ -65,7 +79,8 @@ def create_model_from_config(cfg: RunConfig, num_classes: int) -> Method:
     return create_model(cfg.model.method, backbone=cfg.model.backbone, num_classes=num_classes,
                         img_size=cfg.data.img_size, pretrained=cfg.model.pretrained,
                         pretrained_file=cfg.model.pretrained_file, backbone_args=cfg.model.backbone_args,
-                        drop_path_rate=cfg.model.drop_path_rate, head_init=cfg.model.head_init, **cfg.method)
+                        drop_path_rate=cfg.model.drop_path_rate, head_init=cfg.model.head_init,
+                        finetune=cfg.model.finetune, lora=cfg.model.lora, **cfg.method)
 
 
 __all__ = ["create_model", "validate_config", "create_model_from_config"]

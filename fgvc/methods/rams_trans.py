@@ -80,7 +80,7 @@ class RAMSTrans(Method):
         record_queries_and_keys(vit.blocks)
 
     def is_pretrained_parameter(self, name: str) -> bool:
-        return name.startswith("backbone.") or name == "cls_tokens"
+        return super().is_pretrained_parameter(name) or name == "cls_tokens"
 
     def no_weight_decay(self) -> set[str]:
         return super().no_weight_decay() | {"cls_tokens"}

@@ -103,7 +103,7 @@ class TransFG(Method):
         self.patch = vit.patch_embed.proj.kernel_size[0]
 
     def is_pretrained_parameter(self, name: str) -> bool:
-        return name.startswith("backbone.") or (name.startswith("part_layer.") and
+        return super().is_pretrained_parameter(name) or (name.startswith("part_layer.") and
                                                 self.cfg.part_layer_init == "pretrained")
 
     # -- the computation ------------------------------------------------------------------------------

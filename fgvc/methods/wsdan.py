@@ -128,7 +128,8 @@ class WSDAN(Method):
         self.register_buffer("centers", torch.zeros(spec.num_classes, m * channels))
 
     def is_pretrained_parameter(self, name: str) -> bool:
-        return name.startswith("backbone.") or (name.startswith("attention.") and self.cfg.attention == "layer")
+        return super().is_pretrained_parameter(name) or (name.startswith("attention.") and
+                                                         self.cfg.attention == "layer")
 
     # -- the network ----------------------------------------------------------------------------------
 
