@@ -279,29 +279,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import (
-        Budget,
-        Comparison,
-        check_data,
-        plan_runs,
-        run_comparison,
-        table,
-    )
+    import shlex
+
+    from .compare import Budget, Comparison, parse_weights, plan_runs, run_comparison, table
 
     if args.root and "=" in args.root:  # only key=value settings were given
         args.options.insert(0, args.root)
         args.root = None
-    check_data(args.root, args.dataset)
-    runs, notes = plan_runs(args.methods, args.variant or [], args.backbone, args.img_size)
+    backbones = [b.strip() for b in (args.backbones or args.backbone).split(",") if b.strip()]
+    weights = parse_weights(args.weights, backbones)
+    runs, notes = plan_runs(args.methods, args.variant or [], backbones, args.img_size)
     for note in notes:
         print(f"note: {note}")
-    c = Comparison(root=args.root, dataset=args.dataset, backbone=args.backbone, runs=runs, out=Path(args.out),
-                   budget=Budget(args.epochs, args.img_size, args.batch_size, args.classes), weights=args.weights,
-                   device=args.device, parallel=args.parallel, settings=_settings(args.options),
-                   title=args.title or f"{Path(args.root).name if args.root else args.dataset} with {args.backbone}")
+    title = args.title or f"{Path(args.root).name if args.root else args.dataset} with {', '.join(backbones)}"
+    c = Comparison(root=args.root, dataset=args.dataset, backbones=backbones, runs=runs, out=Path(args.out).resolve(),
+                   budget=Budget(args.epochs, args.img_size, args.batch_size, args.classes), weights=weights,
+                   modes=[m.strip() for m in args.finetune.split(",") if m.strip()], tune=args.tune,
+                   val_fraction=args.val_fraction, storage=args.storage, seed=args.seed, device=args.device,
+                   parallel=args.parallel, launcher=shlex.split(args.launcher or ""),
+                   settings=_settings(args.options), title=title)
     summary = run_comparison(c, log=lambda m: print(m, flush=True))
     print(table(summary))
-    return 0 if all(r.get("top1") is not None for r in summary["runs"]) else 1
+    return 0 if all(r.get("top1") is not None or r.get("refused") for r in summary["rows"]) else 1
 
 
 def cmd_bench_data(args: argparse.Namespace) -> int:
@@ -425,10 +424,9 @@ class _Help(argparse.RawDescriptionHelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     from .version import __version__
 
-    parser = argparse.ArgumentParser(prog="fgvc", formatter_class=_Help,
-                                     description="Fine-grained visual classification: train, evaluate, predict, "
-                                     "explain, export, serve and compare TransFG, RAMS-Trans, WS-DAN, DB+GCE, HERBS/PIM, "
-                                     "CAL, PMG and a baseline.")
+    parser = argparse.ArgumentParser(prog="fgvc", formatter_class=_Help, description="Fine-grained visual "
+                                     "classification: train, evaluate, predict, explain, export, serve and compare "
+                                     "TransFG, RAMS-Trans, WS-DAN, DB+GCE, HERBS/PIM, CAL, PMG and a baseline.")
     parser.add_argument("--version", action="version", version=f"fgvc {__version__}")
     subcommands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -439,21 +437,21 @@ def build_parser() -> argparse.ArgumentParser:
         command_parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
 
     train = command("train", "train a model (a recipe, or --method/--dataset)",
-                "Train a model. Arguments: a recipe name (transfg/cub; fgvc methods lists them) or a CONFIG.yaml "
-                "(several are merged in order: wsdan/finetune datasets/cars196), then key=value settings "
-                "(train.lr=0.01 data.root=/data/CUB_200_2011 method.slide_step=16).")
+                    "Train a model. Arguments: a recipe name (transfg/cub; fgvc methods lists them) or a CONFIG.yaml "
+                    "(several are merged in order: wsdan/finetune datasets/cars196), then key=value settings "
+                    "(train.lr=0.01 data.root=/data/CUB_200_2011 method.slide_step=16).")
     train.add_argument("items", nargs="*", metavar="RECIPE | CONFIG.yaml | key=value")
     train.add_argument("--method", help="method name (fgvc methods); with --dataset, trains the recipe METHOD/DATASET; "
-                   "default: the recipe's")
+                       "default: the recipe's")
     train.add_argument("--dataset", help="dataset reader (fgvc data list); default: the recipe's")
     train.add_argument("--data-root", help="dataset folder (data.root); default: the recipe's")
     train.add_argument("--backbone", help="timm model name (model.backbone); default: the recipe's")
     train.add_argument("--out", help="run folder; default: runs/<name>-<time>")
     train.add_argument("--device", help="auto, cpu, cuda, cuda:N; default: the config's (auto)")
     train.add_argument("--resume", metavar="auto|PATH", help="continue a run: 'auto' picks the newest valid checkpoint "
-                   "of --out (and starts fresh if there is none); or a run folder / checkpoint; default: a new run")
+                       "of --out (and starts fresh if there is none); or a run folder / checkpoint; default: a new run")
     train.add_argument("--allow-mismatch", action="store_true",
-                   help="resume even if the world size, dataset or config differ")
+                       help="resume even if the world size, dataset or config differ")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.add_argument("--json", action="store_true", help="print the test report as JSON at the end")
     train.set_defaults(fn=cmd_train)
@@ -469,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(fn=cmd_eval)
 
     predict = command("predict", "class names and probabilities for images (files or folders)",
-                 "Predict the classes of images. Unreadable files are reported and skipped.")
+                      "Predict the classes of images. Unreadable files are reported and skipped.")
     predict.add_argument("run", help="run folder or checkpoint")
     predict.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
     predict.add_argument("--topk", type=int, default=5, help="classes per image")
@@ -495,21 +493,22 @@ def build_parser() -> argparse.ArgumentParser:
     localize.set_defaults(fn=cmd_localize)
 
     export = command("export", "export a run's inference rule: ONNX (.onnx) or torch.export (.pt2)",
-                 "Export a run for deployment. The batch dimension is dynamic; a JSON sidecar beside the file holds "
-                 "the preprocessing, the class names and the method.")
+                     "Export a run for deployment. The batch dimension is dynamic; a JSON sidecar beside the file "
+                     "holds the preprocessing, the class names and the method.")
     export.add_argument("run", help="run folder or checkpoint")
     export.add_argument("out", help="output file: model.onnx or model.pt2")
     export.set_defaults(fn=cmd_export)
 
     report = command("report", "rebuild a run's report/index.html (curves, confusion matrix, overlays)")
     report.add_argument("run", help="run folder")
-    report.add_argument("--overlays", type=int, default=0, help="also redraw this many test overlays (needs the dataset)")
+    report.add_argument("--overlays", type=int, default=0, help="also redraw this many test overlays (needs the "
+                        "dataset)")
     report.add_argument("--data-root", help="the dataset's folder, if it moved; default: the run's")
     device_option(report)
     report.set_defaults(fn=cmd_report)
 
     serve = command("serve", "a web page (and JSON API) to try a run on your own images",
-                 "Serve a run: open http://HOST:PORT/ and drop an image; programs POST to /api/predict.")
+                    "Serve a run: open http://HOST:PORT/ and drop an image; programs POST to /api/predict.")
     serve.add_argument("run", help="run folder or checkpoint")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface, which "
                        "needs --token)")
@@ -517,12 +516,13 @@ def build_parser() -> argparse.ArgumentParser:
     device_option(serve)
     serve.add_argument("--max-mb", type=float, default=20.0, help="largest upload accepted, in MB (10^6 bytes)")
     serve.add_argument("--max-megapixels", type=float, default=40.0,
-                    help="largest image accepted (width x height, from its header: decompression bombs are refused)")
+                       help="largest image accepted (width x height, from its header: decompression bombs are refused)")
     serve.add_argument("--max-batch", type=int, help="requests that arrive together go through the model as one batch "
-                    "of at most this many (1: no batching); default: 32 on CUDA, 8 on the CPU")
-    serve.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for others to batch with")
+                       "of at most this many (1: no batching); default: 32 on CUDA, 8 on the CPU")
+    serve.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for others to batch "
+                       "with")
     serve.add_argument("--threads", type=int, help="torch threads of the inference thread and decoding threads; "
-                    "default: the cores this process may use, at most 8")
+                       "default: the cores this process may use, at most 8")
     serve.add_argument("--token", help="a secret every request must send (Authorization: Bearer TOKEN; the page: "
                        "/?token=TOKEN); required when --host is not a loopback address; default: $FGVC_SERVE_TOKEN")
     serve.add_argument("--body-timeout", type=float, default=30.0,
@@ -531,8 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = command("data", "datasets: synth, verify, list")
     data_commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
-    synth = data_commands.add_parser("synth", help="write the synthetic fine-grained dataset in the CUB-200-2011 layout",
-                        formatter_class=_Help)
+    synth = data_commands.add_parser("synth", help="write the synthetic fine-grained dataset in the CUB-200-2011 "
+                                     "layout", formatter_class=_Help)
     synth.add_argument("--out", required=True, help="folder to write (must be empty or new)")
     synth.add_argument("--classes", type=int, default=10, help="number of classes")
     synth.add_argument("--per-class", type=int, default=40, help="training images per class")
@@ -540,8 +540,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--size", type=int, default=128, help="image size in pixels")
     synth.add_argument("--seed", type=int, default=0, help="random seed")
     synth.set_defaults(fn=cmd_data_synth)
-    verify = data_commands.add_parser("verify", help="read a dataset, compare its counts with the official ones, decode every image",
-                        formatter_class=_Help)
+    verify = data_commands.add_parser("verify", help="read a dataset, compare its counts with the official ones, "
+                                      "decode every image", formatter_class=_Help)
     verify.add_argument("root", help="the dataset's folder")
     verify.add_argument("options", nargs="*", metavar="data.options.KEY=VALUE", help="reader options (level=family...)")
     verify.add_argument("--dataset", required=True, help="reader name (fgvc data list)")
@@ -553,10 +553,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.set_defaults(fn=lambda args: (data.print_help(), 2)[1])
 
     bench = command("bench", "training/inference images/s, peak memory and loader images/s of a method",
-                "Measure a method on random input with random weights. Backbone, resolution and batch default to the "
-                "method's paper recipe (its CUB recipe).")
+                    "Measure a method on random input with random weights. Backbone, resolution and batch default to "
+                    "the method's paper recipe (its CUB recipe).")
     bench.add_argument("method", help="method name")
-    bench.add_argument("options", nargs="*", metavar="key=value", help="method.KEY=VALUE or model.backbone_args.KEY=VALUE")
+    bench.add_argument("options", nargs="*", metavar="key=value", help="method.KEY=VALUE or "
+                       "model.backbone_args.KEY=VALUE")
     bench.add_argument("--backbone", help="timm model name; default: the recipe's")
     bench.add_argument("--img-size", type=int, help="input size; default: the recipe's")
     bench.add_argument("--batch", type=int, help="training batch; default: the recipe's")
@@ -564,85 +565,112 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     device_option(bench)
     bench.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"],
-                   help="autocast (auto: bf16 on CUDA)")
+                       help="autocast (auto: bf16 on CUDA)")
     bench.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     bench.add_argument("--compile", action="store_true", help="torch.compile the step (compile time reported apart)")
     bench.add_argument("--plain", action="store_true", help="also measure the plain backbone step and report the ratio")
     bench.add_argument("--classes", type=int, default=200, help="number of classes")
-    bench.add_argument("--infer-batch", type=int, help="inference batch; default: 64 on CUDA, the training batch on CPU")
-    bench.add_argument("--loader-workers", type=int, help="loader workers; default: min(16, cores); -1 skips the loader")
+    bench.add_argument("--infer-batch", type=int, help="inference batch; default: 64 on CUDA, the training batch on "
+                       "CPU")
+    bench.add_argument("--loader-workers", type=int, help="loader workers; default: min(16, cores); -1 skips the "
+                       "loader")
     bench.add_argument("--profile", action="store_true", help="write a torch.profiler trace and op table into --out")
     bench.add_argument("--json", action="store_true", help="print JSON")
     bench.add_argument("--out", help="folder: appends the figures to OUT/bench.jsonl (and profiles to OUT/profile); "
-                   "default: none (print only)")
+                       "default: none (print only)")
     bench.set_defaults(fn=cmd_bench)
 
-    bench_data = command("bench-data", "the real-data benchmark: 17 Flowers and Cars-196 with ImageNet Lite0 and ViT-Tiny "
-                 "(shared data), a preset of fgvc compare",
-                 "Compare the methods' finetune recipes on the project's shared real data: one fgvc compare per "
-                 "backbone (OUT/DATASET-BACKBONE/index.html, results.json, results.csv). A rerun skips finished runs.")
-    bench_data.add_argument("sets", nargs="*", metavar="SET",
-                    help="cnn (baseline, dbgce, wsdan, cal, pmg, pim, herbs on Lite0), vit (ViT-Tiny, TransFG, "
-                    "RAMS-Trans), ablations (ViT methods, one difference at a time), lr (the official learning rates "
-                    "of WS-DAN, CAL, PMG, PIM, HERBS); default: cnn")
+    bench_data = command("bench-data", "the real-data benchmark: 17 Flowers and Cars-196 with ImageNet Lite0 and "
+                         "ViT-Tiny (shared data), a preset of fgvc compare", "Compare the methods' finetune recipes "
+                         "on the project's shared real data: one fgvc compare per backbone "
+                         "(OUT/DATASET-BACKBONE/index.html, results.json, results.csv). A rerun skips finished runs.")
+    bench_data.add_argument("sets", nargs="*", metavar="SET", help="cnn (baseline, dbgce, wsdan, cal, pmg, pim, herbs "
+                            "on Lite0), vit (ViT-Tiny, TransFG, RAMS-Trans), ablations (ViT methods, one difference "
+                            "at a time), lr (the official learning rates of WS-DAN, CAL, PMG, PIM, HERBS); default: "
+                            "cnn")
     bench_data.add_argument("--dataset", default="flowers17", choices=["flowers17", "cars196"], help="which shared set")
-    bench_data.add_argument("--run", action="append", help="only this run (repeatable; see fgvc/bench/realdata.py); default: the "
-                    "SETs' runs")
-    bench_data.add_argument("--data", help="folder with flowers17/, cars196/ and the weight files; default: ../shared/data")
-    bench_data.add_argument("--mode", default="cpu", choices=["cpu", "gpu"],
-                    help="cpu: 160 px CNNs, 224 px ViTs, short budgets (Cars-196: its first 30 classes); gpu: 448 px, "
-                    "every class, the dataset file's budget")
+    bench_data.add_argument("--run", action="append", help="only this run (repeatable; see fgvc/bench/realdata.py); "
+                            "default: the SETs' runs")
+    bench_data.add_argument("--data", help="folder with flowers17/, cars196/ and the weight files; default: "
+                            "../shared/data")
+    bench_data.add_argument("--mode", default="cpu", choices=["cpu", "gpu"], help="cpu: 160 px CNNs, 224 px ViTs, "
+                            "short budgets (Cars-196: its first 30 classes); gpu: 448 px, every class, the dataset "
+                            "file's budget")
     bench_data.add_argument("--epochs", type=int, help="epochs of every run; default: the mode's")
     bench_data.add_argument("--classes", type=int, help="only the first N classes; default: the mode's")
-    bench_data.add_argument("--parallel", type=int, default=0, help="runs at once (0: one on a CPU, by memory on a GPU)")
+    bench_data.add_argument("--parallel", type=int, default=0, help="runs at once (0: one on a CPU, by memory on a "
+                            "GPU)")
     bench_data.add_argument("--device", default="auto", help="auto, cpu, cuda")
     bench_data.add_argument("--out", default="runs/bench-data", help="folder for the comparisons")
     bench_data.set_defaults(fn=cmd_bench_data)
 
-    compare = command("compare", "which method is best on a dataset: train several, one page of paired differences",
-                 "Train every chosen method on one dataset and backbone under the same budget (each with its "
-                 "METHOD/finetune recipe, one fgvc train each), then write OUT/index.html, OUT/results.json and "
-                 "OUT/results.csv: accuracies, differences to the baseline with paired 95% intervals and whether they "
-                 "are within noise, curves, per-class differences, what each method fixes and breaks, the same test "
-                 "images explained by each. A rerun skips finished runs and continues interrupted ones.")
+    compare = command("compare", "which method, backbone and fine-tuning is best on a dataset, at what cost: one page "
+                      "of paired differences",
+                      "Train every chosen method on one dataset, on one or several backbones, with full fine-tuning, "
+                      "LoRA or a linear probe, under the same budget (each with its METHOD/finetune recipe, one fgvc "
+                      "train each; with --tune N, each tuned the same way by Optuna on a validation split carved from "
+                      "the training set, the best setting then trained on the whole training set and tested once). "
+                      "Then write OUT/index.html, OUT/results.json and OUT/results.csv: the methods x backbones grid "
+                      "of test accuracies with paired 95% intervals and whether each difference to plain fine-tuning "
+                      "is within noise, accuracy against cost with its Pareto fronts, the trials, curves, per-class "
+                      "differences, what each method fixes and breaks, the same test images explained by each. A "
+                      "rerun trains nothing that finished and continues what was interrupted; several machines "
+                      "sharing OUT (and --storage) share the work.")
     compare.add_argument("root", nargs="?", help="the dataset's folder (class folders, a CSV, or an official layout); "
-                    "default: the dataset file's")
+                         "default: the dataset file's")
     compare.add_argument("options", nargs="*", metavar="key=value", help="settings for every run (train.seed=1 ...)")
-    compare.add_argument("--dataset", default="folder", help="reader (folder, csv, cub, cars, ...: fgvc data list) or a "
-                    "dataset file (flowers17, cars196)")
+    compare.add_argument("--dataset", default="folder", help="reader (folder, csv, cub, cars, ...: fgvc data list) or "
+                         "a dataset file (flowers17, cars196)")
     compare.add_argument("--backbone", default="resnet50.tv_in1k", help="timm model name, the same for every method")
-    compare.add_argument("--weights", help="local weight file for the backbone (model.pretrained_file); default: timm's "
-                    "pretrained weights (cached or downloaded)")
-    compare.add_argument("--methods", help="comma-separated methods; default: every method that accepts the backbone")
+    compare.add_argument("--backbones", help="several timm models, comma-separated (one grid); default: --backbone")
+    compare.add_argument("--weights", help="local weight files: FILE for the one backbone, or BACKBONE=FILE,...; "
+                         "default: timm's pretrained weights (cached or downloaded)")
+    compare.add_argument("--methods", help="comma-separated methods; default: every method that accepts a backbone")
     compare.add_argument("--variant", action="append", metavar="'NAME=METHOD key=value ...'",
-                    help="an extra run: a method with settings of its own (repeatable); default: none")
-    compare.add_argument("--epochs", type=int, help="epochs of every run; default: the recipes' (or dataset file's)")
-    compare.add_argument("--img-size", type=int, help="input size (the resize before the crop is 8/7 of it); default: 448")
+                         help="an extra run: a method with settings of its own (repeatable); default: none")
+    compare.add_argument("--finetune", default="full", help="fine-tuning modes, comma-separated: full, lora, linear "
+                         "(each adds a row per method)")
+    compare.add_argument("--tune", type=int, default=0, help="trials per row drawn by Optuna on a validation split "
+                         "(0: each recipe as it is)")
+    compare.add_argument("--val-fraction", type=float, default=0.2, help="the validation split the trials are judged "
+                         "on, carved (seeded, stratified) from the training set")
+    compare.add_argument("--storage", help="an Optuna storage shared by several machines (a journal file on a shared "
+                         "file system, or an RDB URL); default: OUT/study.journal")
+    compare.add_argument("--seed", type=int, default=0, help="seed of the samplers")
+    compare.add_argument("--launcher", help="run each training with this launcher instead of python, e.g. 'torchrun "
+                         "--nproc_per_node=8' (a trial on 8 GPUs); default: one process")
+    compare.add_argument("--epochs", type=int, help="epochs of every run (and trial); default: the recipes' (or "
+                         "dataset file's)")
+    compare.add_argument("--img-size", type=int, help="input size (the resize before the crop is 8/7 of it); default: "
+                         "448")
     compare.add_argument("--batch-size", type=int, help="batch per process; default: the recipes' (32)")
     compare.add_argument("--classes", type=int, help="only the first N classes (a quick look); default: all")
     compare.add_argument("--parallel", type=int, default=0, help="runs at once (0: one on a CPU, by memory on a GPU)")
     compare.add_argument("--device", default="auto", help="auto, cpu, cuda")
-    compare.add_argument("--title", help="the page's title; default: the dataset folder and the backbone")
-    compare.add_argument("--out", default="runs/compare", help="folder for the runs, the page and the results")
+    compare.add_argument("--title", help="the page's title; default: the dataset folder and the backbones")
+    compare.add_argument("--out", default="runs/compare", help="folder for the runs, the study, the page and the "
+                         "results")
     compare.set_defaults(fn=cmd_compare)
 
-    bench_index = command("bench-index", "the dataset index at iNaturalist scale: build time and memory, loader workers' memory",
-                 "Write iNaturalist-2021-layout datasets of the given sizes (annotation files only) and measure, each in "
-                 "a fresh process: the index build (seconds, peak memory), the fingerprint, and the private memory of "
-                 "each loader worker after an epoch of index lookups.")
+    bench_index = command("bench-index", "the dataset index at iNaturalist scale: build time and memory, loader "
+                          "workers' memory", "Write iNaturalist-2021-layout datasets of the given sizes (annotation "
+                          "files only) and measure, each in a fresh process: the index build (seconds, peak memory), "
+                          "the fingerprint, and the private memory of each loader worker after an epoch of index "
+                          "lookups.")
     bench_index.add_argument("--records", type=int, nargs="+", default=[1000, 300_000, 2_686_843],
-                    help="training images of each generated dataset")
+                             help="training images of each generated dataset")
     bench_index.add_argument("--workers", type=int, nargs="+", default=[8, 16], help="loader worker counts")
     bench_index.add_argument("--classes", type=int, default=10_000, help="classes of the generated datasets")
-    bench_index.add_argument("--compare-objects", action="store_true",
-                    help="also measure the workers with the records as Python objects (the layout before columns)")
-    bench_index.add_argument("--out", default="runs/bench-index", help="folder for the generated datasets and bench-index.jsonl")
+    bench_index.add_argument("--compare-objects", action="store_true", help="also measure the workers with the "
+                             "records as Python objects (the layout before columns)")
+    bench_index.add_argument("--out", default="runs/bench-index", help="folder for the generated datasets and "
+                             "bench-index.jsonl")
     bench_index.set_defaults(fn=cmd_bench_index)
 
-    bench_serve = command("bench-serve", "the web service under load on 127.0.0.1: latency and throughput, batching off and on",
-                 "Start fgvc serve RUN on a free local port (once without batching, once with) and measure sequential "
-                 "latency, then throughput and p50/p95/p99 latency for each number of concurrent clients, and GET "
-                 "/api/info's latency during the heaviest load.")
+    bench_serve = command("bench-serve", "the web service under load on 127.0.0.1: latency and throughput, batching "
+                          "off and on", "Start fgvc serve RUN on a free local port (once without batching, once with) "
+                          "and measure sequential latency, then throughput and p50/p95/p99 latency for each number of "
+                          "concurrent clients, and GET /api/info's latency during the heaviest load.")
     bench_serve.add_argument("run", help="run folder or checkpoint")
     bench_serve.add_argument("--image", help="the image every request uploads; default: the run's first test image")
     bench_serve.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32], help="concurrent clients to measure")
@@ -672,14 +700,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(fn=cmd_demo)
 
     gpu_check = command("gpu-check", "prove every feature on this machine's GPU (tiny CPU run without one)",
-                "Trains, evaluates, predicts, explains, localizes, exports and resumes every method on its recipe's "
-                "backbone and resolution, then benchmarks the headline settings; prints one table. Without CUDA, "
-                "the same path at tiny sizes on the CPU.")
+                        "Trains, evaluates, predicts, explains, localizes, exports and resumes every method on its "
+                        "recipe's backbone and resolution, then benchmarks the headline settings; prints one table. "
+                        "Without CUDA, the same path at tiny sizes on the CPU.")
     gpu_check.add_argument("--out", default="gpu-check", help="folder for the table (JSON) and logs")
     gpu_check.add_argument("--quick", action="store_true", help="tiny sizes even on a GPU (a smoke test of the check)")
-    gpu_check.add_argument("--speed", action="store_true", help="also measure candidate speed-ups (compiled steps, ...)")
-    gpu_check.add_argument("--budget", type=float, default=0.0, help="seconds for the whole check; speed variants that would "
-                   "start later are skipped (0: no limit)")
+    gpu_check.add_argument("--speed", action="store_true", help="also measure candidate speed-ups (compiled steps, "
+                           "...)")
+    gpu_check.add_argument("--budget", type=float, default=0.0, help="seconds for the whole check; speed variants "
+                           "that would start later are skipped (0: no limit)")
     gpu_check.set_defaults(fn=cmd_gpu_check)
     return parser
 

@@ -75,7 +75,7 @@ def test_bench_data_plans_one_comparison_per_backbone(tmp_path):
     from fgvc.bench.realdata import comparisons
 
     plans = comparisons(["cnn", "lr", "vit"], "cars196", tmp_path, tmp_path / "out", "cpu", None, None, 0, "cpu")
-    assert [c.backbone for c in plans] == ["efficientnet_lite0", "vit_tiny_patch16_224"]
+    assert [c.backbones for c in plans] == [["efficientnet_lite0"], ["vit_tiny_patch16_224"]]
     lite = plans[0]
     assert [r.name for r in lite.runs][:8] == ["baseline", "dbgce", "wsdan", "cal", "pmg", "pim", "herbs",
                                               "wsdan official lr"]
@@ -94,34 +94,39 @@ def test_compare_on_17_flowers_writes_the_page_and_a_rerun_trains_nothing(tmp_pa
             "--img-size", "48", "--classes", "3", "--batch-size", "16", "--device", "cpu", "--out", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "| baseline |" in printed and "| dbgce |" in printed
-    for f in ("index.html", "results.json", "results.csv", "curves.png", "per_class.png"):
+    assert "| baseline |" in printed and "| dbgce |" in printed and "\r" not in printed
+    assert "dbgce on efficientnet_lite0: epoch 1 of 1" in printed  # one line per event
+    for f in ("index.html", "results.json", "results.csv", "curves_efficientnet_lite0.png",
+              "per_class_efficientnet_lite0.png", "costs.png"):
         assert (out / f).is_file(), f
     summary = json.loads((out / "results.json").read_text())
-    assert summary["classes"] == 3 and summary["test_images"] == 90 and summary["baseline"] == "baseline"
-    rows = {r["name"]: r for r in summary["runs"]}
+    assert summary["classes"] == 3 and summary["test_images"] == 90
+    assert summary["per_backbone"]["efficientnet_lite0"]["reference"] == "baseline"
+    rows = {r["name"]: r for r in summary["rows"]}
     # the difference is the one the runs' own per-image predictions give
-    preds = {n: np.load(out / "runs" / n / "report" / "test_predictions.npz") for n in rows}
+    preds = {n: np.load(out / "runs" / r["key"] / "report" / "test_predictions.npz") for n, r in rows.items()}
     right = {n: p["top_index"][:, 0] == p["targets"] for n, p in preds.items()}
     v = rows["dbgce"]["vs_baseline"]
     assert v["diff"] == pytest.approx(100 * (right["dbgce"].mean() - right["baseline"].mean()))
     assert v["only_first"] == int((right["dbgce"] & ~right["baseline"]).sum())
     assert rows["dbgce"]["top1"] == pytest.approx(100 * right["dbgce"].mean())
+    assert rows["dbgce"]["infer_img_per_s"] > 0 and rows["dbgce"]["parameters"] > rows["dbgce"]["trainable"] * 0
     csv_lines = (out / "results.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("name,method,top1") and len(csv_lines) == 3
+    assert csv_lines[0].startswith("backbone,name,method,mode,top1") and len(csv_lines) == 3
     shown = sorted((out / "explain").rglob("*.png"))
     assert len(shown) == 2 * 3  # 4 images asked, one per class: the 3 classes
-    # the page, in a browser: the table with both runs, the figures and the explanations loaded
+    # the page, in a browser: the grid, the table with both runs, the figures and the explanations loaded
     driver = chromium()
     try:
         driver.get((out / "index.html").as_uri())
-        table = driver.find_element("id", "results").text
-        assert "baseline" in table and "dbgce" in table and "reference" in table
+        assert "1 epoch at 48 px" in driver.find_element("id", "protocol").text
+        grid = driver.find_element("id", "grid").text
+        assert "baseline" in grid and "dbgce" in grid and "reference" in grid
         widths = [(img.get_attribute("src"), driver.execute_script(
             "return arguments[0].complete && arguments[0].naturalWidth", img))
             for img in driver.find_elements("tag name", "img")]
         loaded = {src.rsplit("/", 1)[-1]: w for src, w in widths}
-        assert loaded.get("curves.png", 0) > 100 and loaded.get("per_class.png", 0) > 100, widths
+        assert loaded.get("costs.png", 0) > 100 and loaded.get("curves_efficientnet_lite0.png", 0) > 100, widths
         assert sum(1 for src, w in widths if w and "/explain/" in src) == 6, widths
         shot = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("L")
         assert np.asarray(shot).std() > 10

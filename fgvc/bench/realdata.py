@@ -104,8 +104,8 @@ def comparisons(sets: list[str], dataset: str, root: Path, out: Path, mode: str,
         size = vit_size if key == "vit_tiny" else cnn_size
         budget = Budget(epochs or mode_epochs, size, None, classes if classes is not None else mode_classes)
         title = (f"{'17 Flowers' if dataset == 'flowers17' else 'Stanford Cars-196'}, {name}, {mode.upper()} mode")
-        out_list.append(Comparison(root=str(root / dataset), dataset=dataset, backbone=name, runs=runs,
-                                   out=out / f"{dataset}-{key}", budget=budget, weights=str(root / weights),
+        out_list.append(Comparison(root=str(root / dataset), dataset=dataset, backbones=[name], runs=runs,
+                                   out=out / f"{dataset}-{key}", budget=budget, weights={name: str(root / weights)},
                                    device=device, parallel=parallel, title=title))
     return out_list
 

@@ -1,29 +1,69 @@
-"""The comparison's pictures: the runs' training curves side by side, each run's per-class accuracy against the
-baseline's, and the same test images explained by every run."""
+"""The comparison's pictures: accuracy against cost with the Pareto fronts; per backbone, the rows' training curves
+side by side, each row's per-class accuracy against the reference's, and the same test images explained by every
+row."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
 from ..report.metrics import read_metrics
-from ..report.plots import plot_run_comparison, pyplot
-from .plan import BASELINE, slug
+from ..report.plots import plot_run_comparison, points_marker, pyplot
+from .cost import AXES
+from .plan import slug
+
+MODE_MARKERS = {"full": "o", "lora": "s", "linear": "^"}
 
 
-def plot_per_class_differences(summary: dict[str, Any], path: Path) -> bool:
-    """One row per method: its per-class accuracy minus the baseline's, classes sorted (green: better)."""
-    baseline = next((r for r in summary["runs"] if r["name"] == summary["baseline"] and r.get("per_class")), None)
-    rows = [r for r in summary["runs"] if r.get("per_class") and r is not baseline]
-    if baseline is None or not rows:
+def plot_costs(summary: dict[str, Any], path: Path) -> bool:
+    """Test top-1 against each cost (training s/image, inference images/s, parameters; log scales), a colour per
+    backbone, a marker per fine-tuning mode; the Pareto front of each panel drawn and its rows ringed."""
+    rows = [r for r in summary["rows"] if r.get("top1") is not None]
+    if not rows:
         return False
     plt = pyplot()
-    fig, axes = plt.subplots(len(rows), 1, figsize=(12, 1.7 * len(rows) + 0.6), squeeze=False)
-    reference = np.array(baseline["per_class"])
-    for ax, row in zip(axes[:, 0], rows):
-        differences = np.sort(np.array(row["per_class"]) - reference)
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.2))
+    colors = plt.get_cmap("tab10").colors
+    color_of = {b: colors[i % len(colors)] for i, b in enumerate(summary["backbones"])}
+    for ax, (axis, (field, lower, words)) in zip(axes, AXES.items()):
+        drawn = [r for r in rows if r.get(field)]
+        for r in drawn:
+            ax.scatter(r[field], r["top1"], color=color_of[r["backbone"]], marker=MODE_MARKERS.get(r["mode"], "o"),
+                       s=46, zorder=3)
+            ax.annotate(r["name"], (r[field], r["top1"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        front = sorted((r for r in drawn if r["key"] in summary["pareto"][axis]), key=lambda r: r[field])
+        if front:
+            ax.plot([r[field] for r in front], [r["top1"] for r in front], "--", color="black", lw=1, zorder=2,
+                    marker=points_marker(len(front)))
+            ax.scatter([r[field] for r in front], [r["top1"] for r in front], s=160, facecolors="none",
+                       edgecolors="black", zorder=4, label="Pareto front")
+        ax.set(xscale="log", xlabel=words + (" (lower is better)" if lower else " (higher is better)"),
+               ylabel="test top-1 (%)", title=f"accuracy against {words}")
+        ax.grid(alpha=0.3, which="both")
+    handles = [plt.Line2D([], [], color=color_of[b], marker="o", ls="", label=b) for b in summary["backbones"]]
+    handles += [plt.Line2D([], [], color="grey", marker=m, ls="", label=f"{mode} fine-tuning")
+                for mode, m in MODE_MARKERS.items() if mode in summary["modes"]]
+    handles.append(plt.Line2D([], [], color="black", ls="--", marker="o", mfc="none", label="Pareto front"))
+    axes[0].legend(handles=handles, fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def plot_per_class_differences(rows: list[dict[str, Any]], reference: Optional[str], path: Path) -> bool:
+    """One panel per row: its per-class accuracy minus the reference's, classes sorted (green: better)."""
+    base = next((r for r in rows if r["name"] == reference and r.get("per_class")), None)
+    others = [r for r in rows if r.get("per_class") and r is not base]
+    if base is None or not others:
+        return False
+    plt = pyplot()
+    fig, axes = plt.subplots(len(others), 1, figsize=(12, 1.7 * len(others) + 0.6), squeeze=False)
+    baseline = np.array(base["per_class"])
+    for ax, row in zip(axes[:, 0], others):
+        differences = np.sort(np.array(row["per_class"]) - baseline)
         ax.bar(range(len(differences)), differences, width=1.0,
                color=np.where(differences >= 0, "tab:green", "tab:red"))
         ax.axhline(0, color="black", lw=0.6)
@@ -40,34 +80,38 @@ def plot_per_class_differences(summary: dict[str, Any], path: Path) -> bool:
     return True
 
 
-def plot_runs_curves(summary: dict[str, Any], out: Path) -> bool:
-    """Every run's training loss and accuracy in one figure (``OUT/curves.png``), the baseline in black."""
-    group = {r["name"]: read_metrics(Path(r["run_dir"])) for r in summary["runs"] if r.get("run_dir")}
-    return plot_run_comparison(group, out / "curves.png", summary.get("title") or "training curves",
-                               reference=(BASELINE,))
+def plot_runs_curves(rows: list[dict[str, Any]], reference: Optional[str], path: Path, title: str) -> bool:
+    """The rows' training loss and accuracy in one figure, the reference in black."""
+    group = {r["name"]: read_metrics(Path(r["run_dir"])) for r in rows if r.get("run_dir")}
+    return plot_run_comparison(group, path, title, reference=(reference,) if reference else ())
 
 
-def explain_images(summary: dict[str, Any], out: Path, device: str = "auto") -> dict[str, list[str]]:
-    """The chosen test images explained by every run: ``OUT/explain/RUN/NNN_name.png``; an existing file is kept."""
+def explain_images(summary: dict[str, Any], out: Path, backbone: str, device: str = "auto") -> dict[str, list[str]]:
+    """The backbone's chosen test images explained by each of its rows: ``OUT/explain/BACKBONE/ROW/NNN_name.png``;
+    an existing file is kept."""
     from ..explain import explain_tensors
     from ..run import load_run
 
-    picks = summary["explained"]
+    picks = summary["per_backbone"][backbone]["explained"]
     paths = [summary["test_paths"][i] for i in picks]
     truths = [summary["test_targets"][i] for i in picks]
     shown: dict[str, list[str]] = {}
-    for row in summary["runs"]:
-        if not row.get("per_class"):
+    for row in summary["rows"]:
+        if row["backbone"] != backbone or not row.get("per_class"):
             continue
-        folder = out / "explain" / slug(row["name"])
+        folder = out / "explain" / row["key"]
         names = [f"{j:03d}_{Path(p).stem}" for j, p in enumerate(paths)]
         if not all((folder / f"{n}.png").is_file() for n in names):
             run = load_run(row["run_dir"], device=device)
             batch = next(run.batches(paths, batch_size=len(paths), skip_unreadable=False))
             explain_tensors(run.model, batch.images, run.class_names, (run.preprocess.mean, run.preprocess.std),
                             folder, names, truths=truths)
-        shown[row["name"]] = [f"explain/{slug(row['name'])}/{n}.png" for n in names]
+        shown[row["name"]] = [f"explain/{row['key']}/{n}.png" for n in names]
     return shown
 
 
-__all__ = ["plot_per_class_differences", "plot_runs_curves", "explain_images"]
+def figure_name(backbone: str, what: str) -> str:
+    return f"{what}_{slug(backbone)}.png"
+
+
+__all__ = ["plot_costs", "plot_per_class_differences", "plot_runs_curves", "explain_images", "figure_name"]

@@ -1,160 +1,231 @@
-"""Training a comparison's runs: one ``fgvc train`` process per run, several at once where the device has room.
+"""Training a comparison's rows: one ``fgvc train`` process per run (a torchrun group where ``--launcher`` says so),
+several at once where the device has room, and one line per event (a run started, an epoch ended, a trial pruned
+or kept, a run finished or failed), never a progress bar.
 
-A run's result is appended to ``OUT/results.jsonl`` as it ends, so a rerun of the same command trains nothing that
-finished and continues an interrupted run from its ``last.pt`` (``--resume auto``). A run's minutes add up over
-its attempts (``runs/NAME.attempts``).
+Without tuning a row is one run. With ``--tune N`` a row is N trials on a validation split carved from the
+training set (``data.val_fraction``; the test split is never evaluated: ``eval.test=false``), each judged after
+every epoch by the row's Optuna study (a pruned trial is stopped with SIGTERM, which saves and exits), then one
+run of the best trial's setting on the whole training set, tested once. Any number of processes, on one machine
+or several sharing ``OUT`` (and the storage), can run the same command: each takes the trials and rows that no
+other holds (:mod:`.tune`, :mod:`.store`).
 """
 
 from __future__ import annotations
 
-import json
 import os
+import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, Any, Callable
+from typing import Any, Callable, Optional
 
-from ..errors import FgvcError
 from ..report.metrics import read_metrics
-from .plan import Comparison, RunSpec, slug, train_arguments
+from .plan import Comparison, Row, train_arguments
+from .store import check_finished, claim, last_validation, read_result, release, result_path, summarize, write_json
+from .units import Unit, auto_parallel, describe_params, error_line, settings_of, test_line
 
-RESULTS = "results.jsonl"
-
-
-def auto_parallel(device: str, runs: int) -> int:
-    """Runs at once: one on a CPU (its cores are shared by every run); on a GPU, one per 20 GiB, at most 8."""
-    import torch
-
-    if device == "cpu" or not torch.cuda.is_available():
-        return 1
-    gib = torch.cuda.get_device_properties(0).total_memory / 2**30
-    return max(1, min(8, runs, int(gib // 20)))
+TRIAL_SETTINGS = ["eval.test=false", "train.eval_every=1", "train.select=last", "eval.explain_samples=0"]
 
 
-def read_results(out: Path) -> dict[str, dict[str, Any]]:
-    """The finished runs recorded in ``OUT/results.jsonl`` (the last record of each name)."""
-    done: dict[str, dict[str, Any]] = {}
-    path = out / RESULTS
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a torn last line
+class Scheduler:
+    """Takes units as long as there are free slots and work no other process holds, and follows them."""
+
+    def __init__(self, c: Comparison, plan: list[Row], space_of: Callable[[Row], list], log: Callable[[str], None]):
+        self.c, self.plan, self.space_of, self.log = c, [r for r in plan if not r.refused], space_of, log
+        self.parallel = c.parallel or auto_parallel(c.device, max(1, len(self.plan)))
+        cores = os.cpu_count() or 2
+        self.workers, self.threads = max(1, min(8, cores // self.parallel)), max(1, cores // self.parallel)
+        self.storage = None
+        if c.tune:
+            from .tune import open_storage
+
+            self.storage = open_storage(c)
+        self.running: list[Unit] = []
+        self.attempted: set[str] = set()  # rows this process ran: a failed one is not run again until the next call
+
+    # -- what to run ------------------------------------------------------------------------------------
+
+    def planned(self, row: Row) -> list[str]:
+        """The settings of the row's tested run (with the chosen setting, when tuned)."""
+        items = train_arguments(self.c, row, self.workers)
+        if not self.c.tune:
+            return items
+        from .tune import best_params
+
+        params = best_params(self.storage, row, self.c) or {}
+        return items + settings_of(params) + ["data.val_fraction=0"]
+
+    def done(self, row: Row) -> bool:
+        if self.c.tune:
+            from .tune import finished
+
+            if not finished(self.storage, row, self.c):
+                return False
+        return check_finished(self.c.out, row, self.planned(row))
+
+    def settled(self, row: Row) -> bool:
+        """Finished, or failed in this process."""
+        return row.key in self.attempted or self.done(row)
+
+    def next_unit(self) -> Optional[Unit]:
+        """The first work in row order that this process may take now (None: none)."""
+        busy = {u.row.key for u in self.running if u.trial is None}
+        for row in self.plan:
+            if row.key in busy or self.settled(row):
                 continue
-            done[record["name"]] = record
-    return done
+            if self.c.tune:
+                from .tune import finished, take_trial
+
+                if not finished(self.storage, row, self.c):
+                    trial, continued = take_trial(self.storage, row, self.c, self.space_of(row), self.c.storage is not None)
+                    if trial is None:
+                        continue  # its remaining trials run elsewhere
+                    run_dir = self.c.out / "trials" / row.key / f"trial-{trial.number}"
+                    arguments = (train_arguments(self.c, row, self.workers) + settings_of(trial.params)
+                                 + [f"data.val_fraction={self.c.val_fraction}"] + TRIAL_SETTINGS)
+                    label = f"{row.describe()}, trial {trial.number + 1} of {self.c.tune}"
+                    self.log(f"{'continuing' if continued else 'started'} {label}: {describe_params(trial.params)}")
+                    return Unit(row, run_dir, arguments, label, trial)
+            if claim(self.c.out, row):
+                self.attempted.add(row.key)
+                label = row.describe()
+                self.log(f"started {label}" + (" with its best trial's setting on the whole training set"
+                                                if self.c.tune else ""))
+                return Unit(row, self.c.out / "runs" / row.key, self.planned(row), label)
+        return None
+
+    # -- processes ----------------------------------------------------------------------------------------
+
+    def start(self, unit: Unit) -> None:
+        log_path = self.c.out / "logs" / (f"{unit.row.key}.log" if unit.trial is None else
+                                          f"{unit.row.key}/trial-{unit.trial.number}.log")
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        unit.log = open(log_path, "a")
+        head = self.c.launcher or [sys.executable]
+        cmd = [*head, "-m", "fgvc", "train", *unit.arguments, f"out={unit.run_dir}", "--quiet", "--json",
+               "--resume", "auto"]
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads)}
+        unit.process = subprocess.Popen(cmd, stdout=unit.log, stderr=subprocess.STDOUT, text=True, env=env)
+        self.running.append(unit)
+
+    def follow(self, unit: Unit) -> None:
+        """Says each new epoch of a unit; reports a trial's validation accuracy and stops it when pruned."""
+        epochs = [r for r in read_metrics(unit.run_dir) if r.get("kind") == "epoch"][unit.seen_epochs:]
+        for record in epochs:
+            unit.seen_epochs += 1
+            val = record.get("val")
+            shown = f"validation {val:.2f}%" if val is not None else \
+                f"loss {record['loss']:.3f}" if record.get("loss") is not None else "done"
+            self.log(f"{unit.label}: epoch {record['epoch']} of {record['epochs']}, {shown}")
+            if unit.trial is not None and val is not None and not unit.pruned:
+                unit.trial.report(val, int(record["epoch"]))
+                if unit.trial.should_prune():
+                    unit.pruned = True
+                    self.log(f"{unit.label}: pruned after epoch {record['epoch']} (validation {val:.2f}%)")
+                    unit.process.send_signal(signal.SIGTERM)  # saves at the next step and exits
+
+    def finish(self, unit: Unit) -> None:
+        unit.log.close()
+        seconds = time.time() - unit.started
+        code = unit.process.returncode
+        if unit.trial is not None:
+            self.finish_trial(unit, code, seconds)
+        else:
+            self.finish_run(unit, code, seconds)
+
+    def finish_trial(self, unit: Unit, code: int, seconds: float) -> None:
+        from optuna.trial import TrialState
+
+        trial = unit.trial
+        trial.set_user_attr("seconds", float(trial.user_attrs.get("seconds", 0.0)) + seconds)
+        values = last_validation(unit.run_dir)
+        for epoch, value in sorted(values.items()):
+            trial.report(value, epoch)  # what an earlier process of this trial did not report (repeats ignored)
+        study = trial.study
+        if unit.pruned:
+            study.tell(trial, state=TrialState.PRUNED)
+        elif code == 0 and values:
+            value = values[max(values)]
+            study.tell(trial, value)
+            self.log(f"{unit.label}: kept, validation {value:.2f}% ({seconds / 60:.1f} min)")
+        else:
+            study.tell(trial, state=TrialState.FAIL)
+            self.log(f"{unit.label} failed after {seconds / 60:.1f} min: {error_line(unit)}")
+
+    def finish_run(self, unit: Unit, code: int, seconds: float) -> None:
+        row = unit.row
+        old = read_result(self.c.out, row) or {}
+        minutes = old.get("minutes", 0.0) + seconds / 60 if old.get("exit") != 0 else seconds / 60
+        result: dict[str, Any] = {"name": row.name, "key": row.key, "backbone": row.backbone,
+                                  "method": row.spec.method, "mode": row.mode, "exit": code, "minutes": minutes,
+                                  "settings": unit.arguments, "run_dir": str(unit.run_dir)}
+        test = test_line(unit)
+        if code == 0 and test:
+            result.update(top1=test["top1"], mean_class_acc=test["mean_class_acc"])
+            self.log(f"finished {unit.label}: test top-1 {test['top1']:.2f}% ({minutes:.1f} min)")
+        else:
+            result["error"], result["exit"] = error_line(unit), code or 1
+            self.log(f"{unit.label} failed after {minutes:.1f} min: {result['error']}")
+        result.update(summarize(unit.run_dir))
+        write_json(result_path(self.c.out, row), result)
+        release(self.c.out, row)
+
+    # -- the loop -------------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        waiting = False
+        while True:
+            while len(self.running) < self.parallel:
+                unit = self.next_unit()
+                if unit is None:
+                    break
+                self.start(unit)
+            if not self.running:
+                if all(self.settled(row) for row in self.plan):
+                    return
+                if not waiting:
+                    self.log("waiting for the runs that other processes hold")
+                    waiting = True
+                time.sleep(5)
+                continue
+            waiting = False
+            time.sleep(1)
+            for unit in list(self.running):
+                self.follow(unit)
+                if unit.process.poll() is not None:
+                    self.follow(unit)
+                    self.running.remove(unit)
+                    self.finish(unit)
+
+    def stop(self) -> None:
+        """Stops every running process (each saves at its next step)."""
+        for unit in self.running:
+            if unit.process.poll() is None:
+                unit.process.send_signal(signal.SIGTERM)
+        for unit in self.running:
+            unit.process.wait()
 
 
-def summarize(run_dir: Path) -> dict[str, Any]:
-    """Training figures of a finished run from its metrics.jsonl: images/s, first and last loss, the running
-    training accuracy at the end, warnings."""
-    records = read_metrics(run_dir)
-    train = [r for r in records if r.get("kind") == "train"]
-    out: dict[str, Any] = {}
-    if train:
-        timed = train[1:] or train  # the first window pays for the workers' start
-        out["img_per_s"] = sum(r["img_per_s"] for r in timed) / len(timed)
-        out["first_loss"], out["last_loss"] = train[0]["loss"], train[-1]["loss"]
-        if "train_acc" in train[-1]:
-            out["train_acc"] = train[-1]["train_acc"]
-    out["warnings"] = [r["message"] for r in records if r.get("kind") == "warning"]
-    return out
-
-
-@dataclass
-class Running:
-    """A run's training process while it runs."""
-
-    spec: RunSpec
-    arguments: list[str]
-    process: subprocess.Popen
-    started: float
-    log: IO[str]
-
-
-def pending_runs(c: Comparison, done: dict[str, dict[str, Any]], workers: int) -> list[tuple[RunSpec, list[str]]]:
-    """The runs still to train, with their arguments; a finished run with other settings is refused.
-
-    Raises:
-        FgvcError: ``OUT`` holds a finished run of the same name with other settings.
-    """
-    todo = []
-    for run in c.runs:
-        arguments = train_arguments(c, run, workers)
-        old = done.get(run.name)
-        if old and old.get("exit") == 0:
-            if old["settings"] != arguments:
-                changed = sorted(set(arguments) ^ set(old["settings"]))
-                raise FgvcError(f"{c.out} holds a finished run '{run.name}' with other settings ({', '.join(changed)}); "
-                                "choose another --out, or delete its runs/ folder and its results.jsonl line")
-            continue
-        todo.append((run, arguments))
-    return todo
-
-
-def start(c: Comparison, run: RunSpec, arguments: list[str], threads: int) -> Running:
-    """Starts one run's ``fgvc train`` (resuming its folder where it holds a checkpoint); its stderr goes to
-    ``OUT/NAME.log``."""
-    run_dir = c.out / "runs" / slug(run.name)
-    cmd = [sys.executable, "-m", "fgvc", "train", *arguments, f"out={run_dir}", "--quiet", "--json", "--resume", "auto"]
-    log = open(c.out / f"{slug(run.name)}.log", "a")
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
-    return Running(run, arguments, process, time.time(), log)
-
-
-def finish(c: Comparison, running: Running) -> dict[str, Any]:
-    """The record of a run whose process ended, appended to ``OUT/results.jsonl``."""
-    running.log.close()
-    stdout = running.process.stdout.read()
-    name, code = running.spec.name, running.process.returncode
-    run_dir = c.out / "runs" / slug(name)
-    attempts = run_dir.parent / f"{slug(name)}.attempts"
-    with open(attempts, "a") as fh:  # minutes over every attempt
-        fh.write(f"{time.time() - running.started:.1f}\n")
-    seconds = sum(float(x) for x in attempts.read_text().split())
-    result: dict[str, Any] = {"name": name, "method": running.spec.method, "exit": code, "minutes": seconds / 60,
-                              "settings": running.arguments, "run_dir": str(run_dir)}
-    json_lines = [line for line in stdout.splitlines() if line.startswith("{")]
-    if code == 0 and json_lines:
-        test = json.loads(json_lines[-1])
-        result.update(top1=test["top1"], mean_class_acc=test["mean_class_acc"])
-    else:
-        tail = (c.out / f"{slug(name)}.log").read_text().strip().splitlines()
-        result["error"] = tail[-1] if tail else f"exit {code}"
-        result["exit"] = code or 1
-    result.update(summarize(run_dir))
-    with open(c.out / RESULTS, "a") as fh:
-        fh.write(json.dumps(result) + "\n")
-    return result
-
-
-def train_runs(c: Comparison, log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
-    """Trains every run not yet finished with these settings; returns every run's record."""
+def train_rows(c: Comparison, plan: list[Row], space_of: Callable[[Row], list], log: Callable[[str], None] = print
+               ) -> None:
+    """Trains every row of ``plan`` that is not finished (its trials first, when tuning); returns when every row is
+    finished, whoever trained it. A Ctrl-C or SIGTERM stops the runs, each saving where it was."""
     c.out.mkdir(parents=True, exist_ok=True)
-    done = read_results(c.out)
-    parallel = c.parallel or auto_parallel(c.device, len(c.runs))
-    cores = os.cpu_count() or 2
-    todo = pending_runs(c, done, workers=max(1, min(8, cores // parallel)))
-    if not todo:
-        log(f"every run is finished ({len(c.runs)}); nothing to train")
-    running: list[Running] = []
-    started = len(c.runs) - len(todo)
-    while todo or running:
-        while todo and len(running) < parallel:
-            run, arguments = todo.pop(0)
-            started += 1
-            running.append(start(c, run, arguments, threads=max(1, cores // parallel)))
-            log(f"started {run.name} ({started} of {len(c.runs)}): fgvc train {' '.join(arguments)}")
-        time.sleep(1)
-        for item in [r for r in running if r.process.poll() is not None]:
-            running.remove(item)
-            result = done[item.spec.name] = finish(c, item)
-            verdict = f"top-1 {result['top1']:.2f}%" if "top1" in result else f"failed: {result['error']}"
-            log(f"finished {item.spec.name}: {verdict} in {result['minutes']:.1f} min")
-    return {r.name: done[r.name] for r in c.runs if r.name in done}
+    scheduler = Scheduler(c, plan, space_of, log)
+    if all(scheduler.done(row) for row in scheduler.plan):
+        log(f"every run is finished ({len(scheduler.plan)}); nothing to train")
+        return
+    def stop_on_sigterm(signum, frame):  # as Ctrl-C: the runs are stopped (and save), not orphaned
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop_on_sigterm)
+    try:
+        scheduler.run()
+    except BaseException:
+        scheduler.stop()
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
-__all__ = ["RESULTS", "auto_parallel", "read_results", "summarize", "pending_runs", "train_runs"]
+__all__ = ["Scheduler", "train_rows"]

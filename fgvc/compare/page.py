@@ -1,8 +1,9 @@
 """``OUT/index.html``: the comparison as one page that opens from its folder (no server, nothing to install).
 
-The page is built section by section from the summary :func:`~fgvc.compare.analysis.analyze` returns: the
-headline, the results table, every pair, the curves, the per-class differences, what each method fixes and
-breaks, the same images explained by each method, and how each run was trained.
+Built section by section from the summary of :func:`~fgvc.compare.analysis.analyze`: the overview
+(:mod:`.overview`: protocol, grid, costs, tuning), then per backbone its results table, every pair, the curves,
+the per-class differences, what each row fixes and breaks, and the same test images explained by each row; last,
+how each run was trained.
 """
 
 from __future__ import annotations
@@ -13,86 +14,46 @@ from typing import Any
 
 from ..report.page import html_page
 from ..report.tables import cell
-from .figures import plot_runs_curves, plot_per_class_differences
-from .plan import slug
-from .results import interval, verdict
-from .stats import describe
+from .figures import figure_name, plot_costs, plot_per_class_differences, plot_runs_curves
+from .overview import costs, grid, headline, tuning
+from .results import interval, status
 
 STYLE = ("table{margin:.5em 0}td,th{vertical-align:top}.good{background:#e3f6e3}.bad{background:#fbe3e3}"
-         ".noise{color:#666}img.overlay{max-width:320px}code{font-size:.85em}")
+         ".noise{color:#666}.na{color:#888;font-size:.85em;max-width:18em}img.overlay{max-width:100%}"
+         "code{font-size:.85em}.explained td{min-width:0}")
 ROW_CLASS = {"better": "good", "worse": "bad"}
 
 
-def setting_words(summary: dict[str, Any]) -> str:
-    """``resnet50, 10 epochs at 448 px, the first 20 classes``: what every run shared."""
-    budget = summary["budget"]
-    epochs = budget.get("epochs")
-    words = (f"{summary['backbone']}, "
-             + (f"{epochs} epoch{'s' if epochs != 1 else ''}" if epochs else "the recipes’ epochs")
-             + f" at {budget.get('img_size', 'the recipes’')} px")
-    return words + (f", the first {budget['classes']} classes" if budget.get("classes") else "")
-
-
-def headline(summary: dict[str, Any]) -> list[str]:
-    """The title, the data and setting, the best run and which differences are within noise."""
-    baseline, runs = summary["baseline"], summary["runs"]
-    parts = [f"<h1>{escape(summary.get('title') or 'fgvc compare')}</h1>",
-             f"<p class='big'>{escape(summary['dataset'])}: {summary['classes']} classes, {summary['test_images']} "
-             f"test images; {escape(setting_words(summary))}. {escape(summary['machine'])}, {summary['date']}.</p>"]
-    tested = [r for r in runs if r.get("top1") is not None]
-    if tested:
-        best = max(tested, key=lambda r: r["top1"])
-        difference = best.get("vs_baseline")
-        against = f"; against the baseline {escape(describe(difference, best['name'], baseline))}." if difference else "."
-        parts.append(f"<p class='big'>Highest test top-1: <b>{escape(best['name'])}</b> at {best['top1']:.2f}%"
-                     f"{against}</p>")
-    if baseline:
-        within = [r["name"] for r in runs if verdict(r, baseline) == "within noise"]
-        beyond = [(r["name"], verdict(r, baseline)) for r in runs if verdict(r, baseline) in ("better", "worse")]
-        words = []
-        if within:
-            words.append(f"Within noise of the baseline (exact McNemar p ≥ 0.05): {', '.join(map(escape, within))}.")
-        if beyond:
-            words.append("Beyond noise: " + ", ".join(f"{escape(n)} {v}" for n, v in beyond) + ".")
-        parts.append(f"<p id='noise'>{' '.join(words)} Each difference is paired over the same test images: a 95% "
-                     "bootstrap interval and the exact McNemar test (docs/benchmarks.md says why).</p>")
-    return parts
-
-
-def status(row: dict[str, Any], baseline: str | None) -> str:
-    """What the results table says of a run: its verdict, or why it failed."""
-    if row.get("error"):
-        return f"failed: {row['error'].removeprefix('error: ')}"
-    return verdict(row, baseline)
-
-
-def results_table(summary: dict[str, Any]) -> list[str]:
-    """A row per run: accuracies, the difference to the baseline, speed, minutes and a link to its report."""
-    parts = ["<h2>Results</h2><table id='results'><tr><th>run</th><th>method</th><th>test top-1</th>"
-             "<th>mean per class</th><th>vs baseline (points, 95% interval)</th><th>p</th><th>verdict</th>"
-             "<th>train images/s</th><th>minutes</th><th>report</th></tr>"]
-    for row in summary["runs"]:
+def results_table(rows: list[dict[str, Any]], backbone: str) -> list[str]:
+    """A line per row of one backbone: accuracies, the difference to plain fine-tuning, costs and its report."""
+    parts = [f"<table class='results' id='results-{escape(backbone)}'><tr><th>run</th><th>mode</th><th>test top-1</th>"
+             "<th>mean per class</th><th>vs plain fine-tuning (points, 95% interval)</th><th>p</th><th>verdict</th>"
+             "<th>train s/image</th><th>infer images/s</th><th>parameters (trained)</th><th>minutes</th>"
+             "<th>report</th></tr>"]
+    for row in rows:
         difference = row.get("vs_baseline") or {}
-        report = f"runs/{slug(row['name'])}/report/index.html"
+        link = f"<a href='runs/{row['key']}/report/index.html'>report</a>" if row.get("top1") is not None else ""
+        params = (f"{row['parameters'] / 1e6:.1f}M ({row['trainable'] / 1e6:.2f}M)" if row.get("parameters") else "-")
         parts.append(f"<tr class='{ROW_CLASS.get(difference.get('verdict'), '')}'><td>{escape(row['name'])}</td>"
-                     f"<td>{escape(row['method'])}</td><td>{cell(row.get('top1'))}%</td>"
-                     f"<td>{cell(row.get('mean_class_acc'))}%</td>"
+                     f"<td>{escape(row['mode'])}</td><td>{cell(row.get('top1'))}</td>"
+                     f"<td>{cell(row.get('mean_class_acc'))}</td>"
                      f"<td>{interval(difference) if difference else ''}</td>"
-                     f"<td>{cell(difference.get('p_value'), '{:.2g}')}</td>"
-                     f"<td>{escape(status(row, summary['baseline']))}</td>"
-                     f"<td>{cell(row.get('img_per_s'), '{:.1f}')}</td><td>{cell(row.get('minutes'), '{:.1f}')}</td>"
-                     f"<td><a href='{report}'>report</a></td></tr>")
+                     f"<td>{cell(difference.get('p_value'), '{:.2g}')}</td><td>{escape(status(row))}</td>"
+                     f"<td>{cell(row.get('train_s_per_img'), '{:.4f}')}</td>"
+                     f"<td>{cell(row.get('infer_img_per_s'), '{:.1f}')}</td><td>{params}</td>"
+                     f"<td>{cell(row.get('minutes'), '{:.1f}')}</td>"
+                     f"<td>{link}</td></tr>")
     return parts + ["</table>"]
 
 
-def pairs_table(summary: dict[str, Any]) -> list[str]:
-    """Every pair of tested runs (row minus column), where there are more than two."""
-    names = [r["name"] for r in summary["runs"] if r.get("per_class")]
+def pairs_table(rows: list[dict[str, Any]], pairs: list[dict[str, Any]], backbone: str) -> list[str]:
+    """Every pair of a backbone's tested rows (row minus column), where there are more than two."""
+    names = [r["name"] for r in rows if r.get("per_class")]
     if len(names) <= 2:
         return []
-    by_pair = {(p["first"], p["second"]): p for p in summary["pairs"]}
-    parts = ["<h2>Every pair</h2><p>Row minus column, in points, with the 95% paired interval; green or red: beyond "
-             "noise (exact McNemar p &lt; 0.05), grey: within noise.</p><table id='pairs'><tr><th></th>"
+    by_pair = {(p["first"], p["second"]): p for p in pairs}
+    parts = [f"<h3>Every pair</h3><p>Row minus column, in points, with the 95% paired interval; green or red: "
+             f"beyond noise, grey: within noise.</p><table class='pairs' id='pairs-{escape(backbone)}'><tr><th></th>"
              + "".join(f"<th>{escape(n)}</th>" for n in names) + "</tr>"]
     for row_name in names:
         cells = []
@@ -110,24 +71,13 @@ def pairs_table(summary: dict[str, Any]) -> list[str]:
     return parts + ["</table>"]
 
 
-def figures(summary: dict[str, Any], out: Path) -> list[str]:
-    """The training curves and the per-class differences, drawn into ``out``."""
-    parts = []
-    if plot_runs_curves(summary, out):
-        parts.append("<h2>Training curves</h2><img class='plot' id='curves' src='curves.png' alt='training curves'>")
-    if plot_per_class_differences(summary, out / "per_class.png"):
-        parts.append("<h2>Per-class accuracy against the baseline</h2><img class='plot' id='per-class' "
-                     "src='per_class.png' alt='per-class differences'>")
-    return parts
-
-
-def fixes_table(summary: dict[str, Any]) -> list[str]:
-    """Per method: the images it fixes and breaks against the baseline, and the classes most affected."""
-    rows = [r for r in summary["runs"] if "fixes" in r]
+def fixes_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Per row: the images it fixes and breaks against plain fine-tuning, and the classes most affected."""
+    rows = [r for r in rows if "fixes" in r]
     if not rows:
         return []
-    parts = ["<h2>What each method fixes and breaks</h2><p>Test images the baseline gets wrong and the method right "
-             "(fixes), and the reverse (breaks), by class.</p><table id='fixes'><tr><th>run</th><th>fixes</th>"
+    parts = ["<h3>What each row fixes and breaks</h3><p>Test images plain fine-tuning gets wrong and the row right "
+             "(fixes), and the reverse (breaks), by class.</p><table class='fixes'><tr><th>run</th><th>fixes</th>"
              "<th>breaks</th><th>classes fixed most</th><th>classes broken most</th></tr>"]
     for row in rows:
         fixed = ", ".join(f"{escape(x['class'])} ({x['images']})" for x in row["fixes"])
@@ -137,28 +87,49 @@ def fixes_table(summary: dict[str, Any]) -> list[str]:
     return parts + ["</table>"]
 
 
-def explained_table(shown: dict[str, list[str]]) -> list[str]:
-    """The same test images, one column per run."""
+def explained(shown: dict[str, list[str]], backbone: str) -> list[str]:
+    """The same test images, one image at a time, every row's figure at its full width beneath it."""
     if not shown:
         return []
-    parts = ["<h2>The same test images, explained by every method</h2><p>The images where the methods disagree "
-             "most; each figure gives the truth, the prediction and what the method looked at.</p><table "
-             "id='explain'><tr>" + "".join(f"<th>{escape(n)}</th>" for n in shown) + "</tr>"]
+    parts = [f"<h3>The same test images, explained by every row</h3><p>The images where the rows disagree most; "
+             f"each figure gives the truth, the prediction and what the method looked at.</p>"
+             f"<div class='explained' id='explain-{escape(backbone)}'>"]
     for j in range(len(next(iter(shown.values())))):
-        parts.append("<tr>" + "".join(f"<td><a href='{files[j]}'><img class='overlay' src='{files[j]}' "
-                                      f"alt='{escape(name)}'></a></td>" for name, files in shown.items()) + "</tr>")
-    return parts + ["</table>"]
+        parts.append(f"<h4>Test image {j + 1}</h4>" + "".join(
+            f"<p><b>{escape(name)}</b><br><a href='{files[j]}'><img class='overlay' src='{files[j]}' "
+            f"alt='{escape(name)}'></a></p>" for name, files in shown.items()))
+    return parts + ["</div>"]
 
 
-def build_page(summary: dict[str, Any], out: Path, shown: dict[str, list[str]]) -> Path:
-    """Writes ``OUT/index.html`` (and its figures); returns its path."""
-    parts = headline(summary) + results_table(summary) + pairs_table(summary) + figures(summary, out)
-    parts += fixes_table(summary) + explained_table(shown)
+def backbone_section(summary: dict[str, Any], backbone: str, out: Path, shown: dict[str, list[str]]) -> list[str]:
+    rows = [r for r in summary["rows"] if r["backbone"] == backbone]
+    info = summary["per_backbone"][backbone]
+    parts = [f"<h2>{escape(backbone)}</h2>"] + results_table(rows, backbone)
+    parts += pairs_table(rows, info["pairs"], backbone)
+    curves = figure_name(backbone, "curves")
+    if plot_runs_curves(rows, info["reference"], out / curves, f"{summary.get('title') or 'training'}: {backbone}"):
+        parts.append(f"<h3>Training curves</h3><img class='plot' src='{curves}' alt='training curves'>")
+    per_class = figure_name(backbone, "per_class")
+    if plot_per_class_differences(rows, info["reference"], out / per_class):
+        parts.append(f"<h3>Per-class accuracy against plain fine-tuning</h3><img class='plot' src='{per_class}' "
+                     "alt='per-class differences'>")
+    return parts + fixes_table(rows) + explained(shown, backbone)
+
+
+def build_page(summary: dict[str, Any], out: Path, shown: dict[str, dict[str, list[str]]]) -> Path:
+    """Writes ``OUT/index.html`` (and its figures); ``shown``: per backbone, per row, its explained images."""
+    parts = headline(summary) + grid(summary) + costs(summary, plot_costs(summary, out / "costs.png"))
+    parts += tuning(summary)
+    for backbone in summary["backbones"]:
+        parts += backbone_section(summary, backbone, out, shown.get(backbone, {}))
     parts.append("<h2>How each run was trained</h2><ul>" + "".join(
-        f"<li><b>{escape(r['name'])}</b>: <code>{escape(r['command'])}</code></li>" for r in summary["runs"]) + "</ul>")
+        f"<li><b>{escape(r['name'])}</b> on {escape(r['backbone'])}: <code>{escape(r['command'])}</code></li>"
+        for r in summary["rows"] if r.get("command")) + "</ul>")
     parts.append("<p>Numbers: <a href='results.json'>results.json</a>, <a href='results.csv'>results.csv</a>.</p>")
     path = out / "index.html"
-    path.write_text(html_page(f"fgvc compare: {summary.get('title') or summary['dataset']}", parts, STYLE))
+    tmp = out / f".index.html.{id(summary)}"
+    tmp.write_text(html_page(f"fgvc compare: {summary.get('title') or summary['dataset']}", parts, STYLE))
+    tmp.replace(path)
     return path
 
 

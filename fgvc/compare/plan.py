@@ -1,5 +1,10 @@
-"""What a comparison trains: the runs (a method with its fine-tuning recipe, or a variant with settings of its
-own), the budget they share and the ``fgvc train`` arguments of each; checked before anything starts."""
+"""What a comparison trains: its rows (a method or a variant, on a backbone, with a fine-tuning mode), the budget
+they share, and the ``fgvc train`` arguments of each.
+
+A row is named by its run (``cal``, ``wsdan official lr``) and its mode (``baseline lora``, ``baseline linear``);
+its key, ``BACKBONE/NAME``, names its folders: ``OUT/runs/KEY`` (the run tested), ``OUT/trials/KEY/trial-N`` (its
+tuning trials). Every difference is taken against the same backbone's ``baseline`` with full fine-tuning.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +18,12 @@ from ..recipes import RECIPES, recipe_path
 
 BASELINE = "baseline"
 DEFAULT_IMG_SIZE = 448  # the papers' resolution, where --img-size is not given
+MODES = ("full", "lora", "linear")
 
 
 @dataclass
 class RunSpec:
-    """One run of a comparison: a name, a method (its ``METHOD/finetune`` recipe) and settings of its own."""
+    """A run of a comparison: a name, a method (its ``METHOD/finetune`` recipe) and settings of its own."""
 
     name: str
     method: str
@@ -49,19 +55,52 @@ class Budget:
 
 @dataclass
 class Comparison:
-    """Everything ``fgvc compare`` was asked: the data, the backbone, the runs, the budget and where to write."""
+    """Everything ``fgvc compare`` was asked: the data, the backbones, the runs and modes, the budget, the tuning
+    and where to write."""
 
     root: Optional[str]
     dataset: str  # a reader name (folder, csv, cub, cars, ...) or a dataset file of configs/datasets
-    backbone: str
+    backbones: list[str]
     runs: list[RunSpec]
     out: Path
     budget: Budget = field(default_factory=Budget)
-    weights: Optional[str] = None  # a local weight file for the backbone (model.pretrained_file)
+    weights: dict[str, str] = field(default_factory=dict)  # backbone -> a local weight file (model.pretrained_file)
+    modes: list[str] = field(default_factory=lambda: ["full"])
+    tune: int = 0  # trials per row (0: each row's recipe as it is)
+    val_fraction: float = 0.2  # the validation split the trials are judged on, carved from the training set
+    storage: Optional[str] = None  # Optuna storage shared by several machines; None: OUT/study.journal
+    seed: int = 0  # of the samplers
     device: str = "auto"
-    parallel: int = 0  # runs at once; 0: one on a CPU, by memory on a GPU
+    parallel: int = 0  # runs at once on this machine; 0: one on a CPU, by memory on a GPU
+    launcher: list[str] = field(default_factory=list)  # e.g. torchrun --nproc_per_node=8: each run many processes
     settings: list[str] = field(default_factory=list)  # key=value for every run
     title: str = ""
+
+
+@dataclass
+class Row:
+    """One line of the comparison: a run spec on a backbone with a fine-tuning mode, or why it does not apply."""
+
+    backbone: str
+    spec: RunSpec
+    mode: str = "full"
+    refused: str = ""  # why the method or the mode cannot use this backbone ('' when it applies)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name if self.mode == "full" else f"{self.spec.name} {self.mode}"
+
+    @property
+    def key(self) -> str:
+        return f"{slug(self.backbone)}/{slug(self.name)}"
+
+    @property
+    def is_reference(self) -> bool:
+        return self.spec.name == BASELINE and self.mode == "full" and not self.spec.settings
+
+    def describe(self) -> str:
+        """``cal lora on efficientnet_lite0``."""
+        return f"{self.name} on {self.backbone}"
 
 
 def dataset_file(name: str) -> Optional[Path]:
@@ -77,7 +116,7 @@ def plain_vit(backbone: str) -> bool:
 
     try:
         return is_vit(Method.probe_backbone(ModelSpec(backbone=backbone, num_classes=2)))
-    except Exception:  # noqa: BLE001 - an unknown name is reported where the run builds its model
+    except Exception:  # noqa: BLE001 - an unknown name is reported by the checks before any run
         return False
 
 
@@ -92,80 +131,127 @@ def finetune_recipe(method: str, backbone: Optional[str] = None) -> Path:
 
 def methods_for(backbone: str, img_size: int = 224) -> tuple[list[str], dict[str, str]]:
     """The methods that accept ``backbone`` (the baseline first) and, for the others, why not."""
-    from ..methods import ModelSpec, get_method, list_methods
+    from ..methods import list_methods
 
     accepted, refused = [], {}
     for name in sorted(list_methods(), key=lambda m: (m != BASELINE, m)):
-        try:
-            finetune_recipe(name)
-            get_method(name).check_backbone(ModelSpec(backbone=backbone, num_classes=2, img_size=img_size))
+        why = refusal(name, backbone, img_size)
+        if why:
+            refused[name] = why
+        else:
             accepted.append(name)
-        except ConfigError as e:
-            refused[name] = str(e)
     return accepted, refused
 
 
-def plan_runs(methods: Optional[str], variants: list[str], backbone: str,
+def refusal(method: str, backbone: str, img_size: int, mode: str = "full") -> str:
+    """Why ``method`` with fine-tuning ``mode`` cannot use ``backbone`` ('' when it can), from the method's own
+    checks on the meta device: no process is started to learn it."""
+    from ..config import LoraConfig
+    from ..methods import Method, ModelSpec, get_method
+    from ..methods.finetune import check_finetune
+
+    spec = ModelSpec(backbone=backbone, num_classes=2, img_size=img_size)
+    try:
+        finetune_recipe(method)
+        get_method(method).check_backbone(spec)
+        if mode == "lora":
+            check_finetune(Method.probe_backbone(spec), mode, LoraConfig(), backbone)
+    except ConfigError as e:
+        return str(e).removeprefix("model.backbone: ")
+    return ""
+
+
+def plan_runs(methods: Optional[str], variants: list[str], backbones: list[str],
               img_size: Optional[int]) -> tuple[list[RunSpec], list[str]]:
-    """The runs of a comparison and the notes to print about them.
+    """The run specs of a comparison and the notes to print about them.
 
     Args:
-        methods: Comma-separated method names, or None for every method that accepts ``backbone``.
+        methods: Comma-separated method names, or None for every method that accepts one of ``backbones``.
         variants: ``'NAME=METHOD key=value ...'`` extra runs.
-        backbone: The timm backbone every run shares.
+        backbones: The timm backbones of the comparison.
         img_size: The input size (None: :data:`DEFAULT_IMG_SIZE`), for the methods whose acceptance depends on it.
 
     Raises:
-        FgvcError: A malformed variant.
+        FgvcError: A malformed variant or an unknown method.
     """
+    from ..methods import get_method
+
     notes = []
     if methods:
         names = [m.strip() for m in methods.split(",") if m.strip()]
+        for name in names:
+            get_method(name)  # an unknown name: one line, with the closest ones
         if BASELINE not in names:
             names.insert(0, BASELINE)
             notes.append("the baseline joins the comparison (every difference is taken against it)")
     else:
-        names, refused = methods_for(backbone, img_size or DEFAULT_IMG_SIZE)
-        notes += [f"{m} is left out: {why.removeprefix('model.backbone: ')}" for m, why in refused.items()]
+        names = []
+        for backbone in backbones:
+            accepted, refused = methods_for(backbone, img_size or DEFAULT_IMG_SIZE)
+            names += [m for m in accepted if m not in names]
+            notes += [f"{m} is left out on {backbone}: {why}" for m, why in refused.items()]
     runs = [RunSpec(n, n) for n in names]
     for variant in variants:
         name, _, rest = variant.partition("=")
         words = rest.split()
         if not name or not words or any("=" not in w for w in words[1:]):
             raise FgvcError(f"--variant '{variant}': expected 'NAME=METHOD key=value ...'")
+        get_method(words[0])
         runs.append(RunSpec(name.strip(), words[0], words[1:]))
     return runs, notes
 
 
-def check_data(root: Optional[str], dataset: str) -> None:
-    """Refuses a comparison without data before any run starts.
+def parse_weights(text: Optional[str], backbones: list[str]) -> dict[str, str]:
+    """``--weights``: ``FILE`` for a comparison of one backbone, or ``BACKBONE=FILE,...``.
 
     Raises:
-        FgvcError: No folder and no dataset file.
+        FgvcError: A bare file with several backbones.
     """
-    if root is None and not dataset_file(dataset):
-        raise FgvcError("compare needs the dataset's folder (or a dataset file: --dataset cars196)")
+    weights = {}
+    for item in [w.strip() for w in (text or "").split(",") if w.strip()]:
+        if "=" in item:
+            backbone, path = item.split("=", 1)
+        elif len(backbones) == 1:
+            backbone, path = backbones[0], item
+        else:
+            raise FgvcError(f"--weights {item}: with several backbones, name each one's file: BACKBONE=FILE,...")
+        weights[backbone.strip()] = path.strip()
+    return weights
 
 
-def train_arguments(c: Comparison, run: RunSpec, workers: int) -> list[str]:
-    """The ``fgvc train`` arguments of one run (recipe files, then key=value settings, later ones winning)."""
+def rows(c: Comparison) -> list[Row]:
+    """Every (backbone, run, mode) of the comparison, in order, each marked with why it does not apply where it
+    does not (a method that refuses the backbone, LoRA on a backbone without layers to adapt)."""
+    size = c.budget.img_size or DEFAULT_IMG_SIZE
+    out = []
+    for backbone in c.backbones:
+        for spec in c.runs:
+            for mode in c.modes:
+                out.append(Row(backbone, spec, mode, refusal(spec.method, backbone, size, mode)))
+    return out
+
+
+def train_arguments(c: Comparison, row: Row, workers: int) -> list[str]:
+    """The ``fgvc train`` arguments of one row (recipe files, then key=value settings, later ones winning)."""
     preset = dataset_file(c.dataset)
-    items = [str(finetune_recipe(run.method, c.backbone))]
+    items = [str(finetune_recipe(row.spec.method, row.backbone))]
     items += [str(preset)] if preset else [f"data.dataset={c.dataset}"]
     if c.root:
         items.append(f"data.root={Path(c.root).expanduser().resolve()}")
-    items += [f"model.backbone={c.backbone}", "model.pretrained=true"]
-    if c.weights:
-        items.append(f"model.pretrained_file={Path(c.weights).expanduser().resolve()}")
-    items += c.budget.settings() + [f"data.num_workers={workers}", f"device={c.device}"] + c.settings + run.settings
-    return items
+    # a row that does not learn is reported with its accuracy and the warning, not stopped: a verdict needs it
+    items += [f"model.backbone={row.backbone}", "model.pretrained=true", "train.learning_check=warn"]
+    if c.weights.get(row.backbone):
+        items.append(f"model.pretrained_file={Path(c.weights[row.backbone]).expanduser().resolve()}")
+    if row.mode != "full":
+        items.append(f"model.finetune={row.mode}")
+    items += c.budget.settings() + [f"data.num_workers={workers}", f"device={c.device}"] + c.settings
+    return items + row.spec.settings
 
 
 def slug(name: str) -> str:
-    """A run's folder name: its name with every run of other characters than letters, digits, dots and dashes
-    made one underscore."""
+    """A folder name: every run of other characters than letters, digits, dots and dashes made one underscore."""
     return re.sub(r"[^\w.-]+", "_", name)
 
 
-__all__ = ["BASELINE", "RunSpec", "Budget", "Comparison", "dataset_file", "plain_vit", "finetune_recipe",
-           "methods_for", "plan_runs", "check_data", "train_arguments", "slug"]
+__all__ = ["BASELINE", "MODES", "RunSpec", "Budget", "Comparison", "Row", "dataset_file", "plain_vit",
+           "finetune_recipe", "methods_for", "refusal", "plan_runs", "parse_weights", "rows", "train_arguments", "slug"]

@@ -350,6 +350,9 @@ class Trainer:
     def _announce(self) -> None:
         cfg, s = self.cfg, self.splits
         n_params = sum(p.numel() for p in self.model.parameters()) / 1e6
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        self.log.write({"kind": "model", "parameters": int(n_params * 1e6), "trainable": trainable,
+                        "finetune": self.model.finetune})
         say(f"run folder: {self.run_dir}")
         say(f"data: {self.index.name} at {self.index.root}: {self.index.num_classes} classes, "
               f"{len(s.train)} train / {len(s.val)} val / {len(s.test)} test images")
@@ -357,7 +360,8 @@ class Trainer:
             say(f"note: {note}")
         if self.model.notes:
             self.log.write({"kind": "notes", "notes": self.model.notes})
-        say(f"model: {cfg.model.method} on {cfg.model.backbone} ({n_params:.1f}M parameters) at "
+        trains = "" if trainable == int(n_params * 1e6) else f", {trainable / 1e6:.2f}M trained ({self.model.finetune})"
+        say(f"model: {cfg.model.method} on {cfg.model.backbone} ({n_params:.1f}M parameters{trains}) at "
               f"{cfg.data.img_size}px, device {self.info.device}"
               f"{f' x {self.info.world_size} processes' if self.info.distributed else ''}, "
               f"precision {self.amp or 'float32'}")
@@ -555,6 +559,9 @@ class Trainer:
             if self.best_val is None or report["top1"] > self.best_val:
                 self.best_val = report["top1"]
                 self.save(ckpt.BEST)
+        rec = self.last_log or {}
+        self.log.write({"kind": "epoch", "epoch": self.epoch, "epochs": self.total_epochs, "step": self.step,
+                        "loss": rec.get("loss"), "train_acc": rec.get("train_acc"), "val": val})
         if self.info.is_main and (val is not None or (self.progress and not on_terminal())):
             say(self._epoch_line(val))
         if not c.train.ckpt_every and self.step < self.total_steps:
@@ -581,7 +588,7 @@ class Trainer:
             chosen = f"best validation checkpoint (step {state['step']})"
         else:
             chosen = f"final weights (step {self.step})"
-        if not self.splits.test:
+        if not self.splits.test or not c.eval.test:  # eval.test=false: a tuning trial never reads the test split
             return None
         report, logits, targets = self._evaluate(self.splits.test, "test")
         report["weights"] = chosen + (" with EMA" if self.ema is not None else "")
