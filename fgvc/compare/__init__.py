@@ -28,8 +28,9 @@ from .cost import add_costs
 from .figures import explain_images
 from .launch import train_rows
 from .page import build_page
-from .plan import (BASELINE, MODES, Budget, Comparison, Row, RunSpec, dataset_file, finetune_recipe, methods_for,
-                   parse_weights, plan_runs, rows, train_arguments)
+from .plan import (BASELINE, MODES, Budget, Comparison, Row, RunSpec, methods_for, parse_weights, plan_runs, rows,
+                   train_arguments)
+from .recipes import dataset_file, finetune_recipe
 from .preflight import check_comparison
 from .results import table, write_files
 from .store import read_result
@@ -55,4 +56,5 @@ def run_comparison(c: Comparison, log: Callable[[str], None] = print) -> dict[st
 
 
 __all__ = ["BASELINE", "MODES", "Comparison", "RunSpec", "Row", "Budget", "run_comparison", "methods_for",
-           "plan_runs", "parse_weights", "rows", "train_arguments", "dataset_file", "finetune_recipe", "table", "analyze", "build_page"]
+           "plan_runs", "parse_weights", "rows", "train_arguments", "dataset_file", "finetune_recipe", "table",
+           "analyze", "build_page"]

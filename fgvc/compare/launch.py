@@ -77,7 +77,8 @@ class Scheduler:
                 from .tune import finished, take_trial
 
                 if not finished(self.storage, row, self.c):
-                    trial, continued = take_trial(self.storage, row, self.c, self.space_of(row), self.c.storage is not None)
+                    shared = self.c.storage is not None
+                    trial, continued = take_trial(self.storage, row, self.c, self.space_of(row), shared)
                     if trial is None:
                         continue  # its remaining trials run elsewhere
                     run_dir = self.c.out / "trials" / row.key / f"trial-{trial.number}"

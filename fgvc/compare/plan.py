@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import ConfigError, FgvcError
-from ..recipes import RECIPES, recipe_path
+from .recipes import dataset_file, finetune_recipe
 
 BASELINE = "baseline"
 DEFAULT_IMG_SIZE = 448  # the papers' resolution, where --img-size is not given
@@ -101,32 +101,6 @@ class Row:
     def describe(self) -> str:
         """``cal lora on efficientnet_lite0``."""
         return f"{self.name} on {self.backbone}"
-
-
-def dataset_file(name: str) -> Optional[Path]:
-    """The dataset file ``configs/datasets/NAME.yaml`` where ``name`` is one (else None: a reader name)."""
-    path = RECIPES / "datasets" / f"{name}.yaml"
-    return path if path.is_file() else None
-
-
-def plain_vit(backbone: str) -> bool:
-    """Whether timm's ``backbone`` is a plain ViT (probed on the meta device: no memory, no weights)."""
-    from ..backbones import is_vit
-    from ..methods import Method, ModelSpec
-
-    try:
-        return is_vit(Method.probe_backbone(ModelSpec(backbone=backbone, num_classes=2)))
-    except Exception:  # noqa: BLE001 - an unknown name is reported by the checks before any run
-        return False
-
-
-def finetune_recipe(method: str, backbone: Optional[str] = None) -> Path:
-    """A method's fine-tuning recipe: ``METHOD/finetune_vit`` where the method has one and ``backbone`` is a plain
-    ViT (the baseline: the CNN rates diverge there), else ``METHOD/finetune``."""
-    vit = RECIPES / method / "finetune_vit.yaml"
-    if backbone and vit.is_file() and plain_vit(backbone):
-        return vit
-    return recipe_path(method, "finetune")
 
 
 def methods_for(backbone: str, img_size: int = 224) -> tuple[list[str], dict[str, str]]:
@@ -253,5 +227,5 @@ def slug(name: str) -> str:
     return re.sub(r"[^\w.-]+", "_", name)
 
 
-__all__ = ["BASELINE", "MODES", "RunSpec", "Budget", "Comparison", "Row", "dataset_file", "plain_vit",
-           "finetune_recipe", "methods_for", "refusal", "plan_runs", "parse_weights", "rows", "train_arguments", "slug"]
+__all__ = ["BASELINE", "MODES", "RunSpec", "Budget", "Comparison", "Row", "methods_for", "refusal", "plan_runs",
+           "parse_weights", "rows", "train_arguments", "slug"]

@@ -11,7 +11,8 @@ from typing import Callable
 from ..backbones import check_backbone_name
 from ..config import load_config
 from ..errors import DataError, FgvcError
-from .plan import MODES, Comparison, Row, dataset_file, train_arguments
+from .plan import MODES, Comparison, Row, train_arguments
+from .recipes import dataset_file
 from .space import Dimension, check_space, default_space, parse_space
 
 

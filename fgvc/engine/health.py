@@ -5,9 +5,9 @@ After the first epoch that ends past the learning-rate warm-up, the mean trainin
 is compared with that of its first steps: clearly higher (by half, and above ``log K``) with a training
 accuracy near chance means the run diverged and stops (``train.learning_check=stop``) or warns (``warn``);
 not lower means it warns, unless the epoch is too short to compare (fewer than two steps at each end: one batch
-against another is noise) or the training accuracy is already twice chance or more. At later epochs, a training accuracy near chance warns. Every message names the
-likely cause: the learning rate for the method (with the method's own advice), too high, or too low for
-the new layers to move.
+against another is noise) or the training accuracy is already twice chance or more. At later epochs, a
+training accuracy near chance warns. Every message names the likely cause: the learning rate for the method
+(with the method's own advice), too high, or too low for the new layers to move.
 """
 
 from __future__ import annotations
