@@ -127,13 +127,16 @@ def test_a_compare_killed_in_its_second_trial_continues_without_running_the_firs
                                                                "cannot open it"),
     (["--finetune", "full,adapter"], "--finetune: adapter is not a mode"),
 ])
-def test_bad_inputs_are_one_line_before_any_run_and_keep_an_earlier_study(extra, message, birds, tmp_path):
+def test_bad_inputs_are_one_line_before_any_run_and_keep_an_earlier_study(extra, message, birds, tmp_path, capsys):
+    from fgvc.cli import main
+
     out = tmp_path / "kept"
     out.mkdir()
     (out / "study.journal").write_text("an earlier study\n")
-    r = fgvc(*arguments(birds, out), *extra)
-    assert r.returncode == 1 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
-    assert message in r.stderr and "Traceback" not in r.stderr
+    code = main(arguments(birds, out) + extra)
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err and "Traceback" not in err
     assert sorted(p.name for p in out.iterdir()) == ["study.journal"]
     assert (out / "study.journal").read_text() == "an earlier study\n"
 
