@@ -152,3 +152,25 @@ def test_a_plain_vit_baseline_gets_the_vit_finetune_recipe():
     assert finetune_recipe("baseline", "efficientnet_lite0").name == "finetune.yaml"
     assert finetune_recipe("transfg", "vit_tiny_patch16_224").name == "finetune.yaml"
     assert finetune_recipe("baseline", "no_such_model").name == "finetune.yaml"
+
+
+def test_the_page_says_a_failure_plainly_and_shows_each_explained_image_at_its_width(tmp_path):
+    """A failed run read 'failed: error: ... in 0.1 min'; a one-epoch budget read '1 epochs'; a method's five-panel
+    overlay was squeezed into one column of a table."""
+    from fgvc.compare.page import build_page
+
+    rows = [{"name": "baseline", "method": "baseline", "mode": "full", "backbone": "resnet18", "key": "resnet18/baseline",
+             "reference": True, "top1": 50.0, "mean_class_acc": 50.0, "per_class": [50.0, 50.0], "run_dir": None,
+             "command": "fgvc train baseline/finetune"},
+            {"name": "cal", "method": "cal", "mode": "full", "backbone": "resnet18", "key": "resnet18/cal",
+             "reference": False, "top1": None, "error": "cannot read image x.jpg", "run_dir": None,
+             "command": "fgvc train cal/finetune"}]
+    summary = {"title": "t", "dataset": "folder", "backbones": ["resnet18"], "modes": ["full"], "budget": {"epochs": 1},
+               "tune": 0, "classes": 2, "test_images": 4, "rows": rows, "machine": "cpu", "date": "2026-12-06",
+               "pareto": {"train": [], "infer": [], "params": []},
+               "per_backbone": {"resnet18": {"reference": "baseline", "pairs": [], "explained": []}}}
+    shown = {"resnet18": {"baseline": ["explain/resnet18/baseline/000_a.png"]}}
+    page = build_page(summary, tmp_path, shown).read_text()
+    assert "failed: cannot read image x.jpg" in page and "error: " not in page
+    assert "1 epoch at" in page and "1 epochs" not in page
+    assert "class='explained'" in page and "img.overlay{max-width:100%}" in page
