@@ -78,6 +78,10 @@ def test_tuning_never_reads_the_test_split(birds, tmp_path):
     assert summaries[0]["rows"][0]["trials"] and summaries[0]["tune"] == 2
     page = (tmp_path / "a" / "index.html").read_text()
     assert "id='tuning'" in page and "Chosen:" in page and "validation split of 20%" in page
+    # the same folder with another budget: its study is not mixed with trials of other settings
+    r = fgvc(*arguments(birds, tmp_path / "a", epochs=3))
+    assert r.returncode == 1 and "holds trials run with other settings (train.epochs=2, train.epochs=3)" in r.stderr
+    assert r.stderr.count("\n") == 1, r.stderr
 
 
 def test_two_processes_share_one_study_and_run_no_trial_twice(birds, tmp_path):

@@ -37,13 +37,20 @@ class Scheduler:
         self.workers, self.threads = max(1, min(8, cores // self.parallel)), max(1, cores // self.parallel)
         self.storage = None
         if c.tune:
-            from .tune import open_storage
+            from .tune import check_study, open_storage
 
             self.storage = open_storage(c)
+            for row in self.plan:
+                check_study(self.storage, row, c, self.trial_base(row))
         self.running: list[Unit] = []
         self.attempted: set[str] = set()  # rows this process ran: a failed one is not run again until the next call
 
     # -- what to run ------------------------------------------------------------------------------------
+
+    def trial_base(self, row: Row) -> list[str]:
+        """The settings every trial of the row shares (its drawn setting comes on top)."""
+        return train_arguments(self.c, row, self.workers) + [f"data.val_fraction={self.c.val_fraction}"] + \
+            TRIAL_SETTINGS
 
     def planned(self, row: Row) -> list[str]:
         """The settings of the row's tested run (with the chosen setting, when tuned)."""
@@ -77,13 +84,13 @@ class Scheduler:
                 from .tune import finished, take_trial
 
                 if not finished(self.storage, row, self.c):
-                    shared = self.c.storage is not None
-                    trial, continued = take_trial(self.storage, row, self.c, self.space_of(row), shared)
+                    base = self.trial_base(row)
+                    trial, continued = take_trial(self.storage, row, self.c, self.space_of(row),
+                                                  self.c.storage is not None, base)
                     if trial is None:
                         continue  # its remaining trials run elsewhere
                     run_dir = self.c.out / "trials" / row.key / f"trial-{trial.number}"
-                    arguments = (train_arguments(self.c, row, self.workers) + settings_of(trial.params)
-                                 + [f"data.val_fraction={self.c.val_fraction}"] + TRIAL_SETTINGS)
+                    arguments = base + settings_of(trial.params)
                     label = f"{row.describe()}, trial {trial.number + 1} of {self.c.tune}"
                     self.log(f"{'continuing' if continued else 'started'} {label}: {describe_params(trial.params)}")
                     return Unit(row, run_dir, arguments, label, trial)

@@ -77,9 +77,25 @@ def alive(attrs: dict[str, Any]) -> bool:
         return True
 
 
-def take_trial(storage, row: Row, c: Comparison, dims: list[Dimension], shared: bool):
+def check_study(storage, row: Row, c: Comparison, base: list[str]) -> None:
+    """Refuses to continue a row's study whose trials were run with other settings (another budget, data or
+    recipe): its trials would be mixed with this command's.
+
+    Raises:
+        FgvcError: The study holds a trial of other settings (nothing of it is changed).
+    """
+    for t in study_of(storage, row, c).get_trials(deepcopy=False):
+        old = t.user_attrs.get("base")
+        if old is not None and old != base:
+            changed = sorted(set(base) ^ set(old))
+            raise FgvcError(f"the study of '{row.describe()}' holds trials run with other settings "
+                            f"({', '.join(changed)}); choose another --out (or --storage)")
+
+
+def take_trial(storage, row: Row, c: Comparison, dims: list[Dimension], shared: bool, base: list[str]):
     """A trial of the row for this process: an orphaned one of this machine to continue, else a new one while the
-    study has fewer than ``c.tune``; None when there is none to take. Returns ``(trial, continued)``."""
+    study has fewer than ``c.tune``; None when there is none to take. ``base``: the settings of every trial of the
+    row (the trial's own drawn ones apart). Returns ``(trial, continued)``."""
     import optuna
     from optuna.trial import TrialState
 
@@ -101,6 +117,7 @@ def take_trial(storage, row: Row, c: Comparison, dims: list[Dimension], shared: 
         return None, False
     trial.set_user_attr("host", HOST)
     trial.set_user_attr("pid", os.getpid())
+    trial.set_user_attr("base", base)  # the settings every trial of the study shares (check_study)
     return trial, False
 
 
@@ -170,5 +187,5 @@ def add_tuning(summary: dict[str, Any], c: Comparison, plan: list[Row], spaces: 
                               "final_minutes": final}
 
 
-__all__ = ["JOURNAL", "open_storage", "study_of", "alive", "take_trial", "finished", "trials_of", "best_params",
+__all__ = ["JOURNAL", "open_storage", "study_of", "alive", "check_study", "take_trial", "finished", "trials_of", "best_params",
            "add_tuning"]
