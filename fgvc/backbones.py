@@ -225,6 +225,15 @@ def _takes(name: str, img_size: int, kwargs: dict[str, Any]) -> bool:
     return _TAKES[key]
 
 
+def _default_size(name: str) -> int:
+    """The input size of the model's pretrained configuration (224 where it names none)."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name.split(".")[0] if "." in name and not timm.is_model(name) else name)
+    size = getattr(cfg, "input_size", None) if cfg is not None else None
+    return int(size[-1]) if size else 224
+
+
 def check_input_size(name: str, img_size: int, **kwargs: Any) -> None:
     """Refuses, in one line naming the smallest size it takes, an input size too small for the backbone (a
     kernel larger than its feature map, a patch larger than the image).
@@ -236,11 +245,9 @@ def check_input_size(name: str, img_size: int, **kwargs: Any) -> None:
         raise ConfigError(f"img_size: fgvc's models take square inputs, one integer (data.img_size), got {img_size!r}")
     if _takes(name, img_size, kwargs):
         return
-    high = img_size
-    while not _takes(name, high, kwargs):
-        if high > 4096:
-            raise ConfigError(f"data.img_size: {name} does not run at {img_size} px nor at any size up to 4096 px")
-        high *= 2
+    high = max(img_size, _default_size(name))
+    if not _takes(name, high, kwargs):
+        return  # not even at its own size: the meta device cannot run this model, so this check has no verdict
     low = img_size  # fails; high works: the smallest working size lies in (low, high]
     while high - low > 1:
         middle = (low + high) // 2

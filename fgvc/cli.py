@@ -638,7 +638,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "file system, or an RDB URL); default: OUT/study.journal")
     compare.add_argument("--seed", type=int, default=0, help="seed of the samplers")
     compare.add_argument("--launcher", help="run each training with this launcher instead of python, e.g. 'torchrun "
-                         "--nproc_per_node=8' (a trial on 8 GPUs); default: one process")
+                         "--standalone --nproc_per_node=8' (a trial on 8 GPUs; --standalone: a free port for each "
+                         "group); default: one process")
     compare.add_argument("--epochs", type=int, help="epochs of every run (and trial); default: the recipes' (or "
                          "dataset file's)")
     compare.add_argument("--img-size", type=int, help="input size (the resize before the crop is 8/7 of it); default: "

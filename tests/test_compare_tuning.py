@@ -159,3 +159,17 @@ def test_a_wrong_path_and_a_validation_split_too_small_are_one_line(birds, tmp_p
         f"{i} {'0' if i in first_three else s}\n" for i, s in split.items()))  # class 3 keeps one training image
     r = fgvc(*arguments(lonely, tmp_path / "y"))
     assert r.returncode == 1 and "have a single training image" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_a_trial_may_be_a_torchrun_group(birds, tmp_path):
+    """--launcher: every run of the comparison (its trials included) is a group of two processes."""
+    out = tmp_path / "group"
+    launcher = f"{sys.executable} -m torch.distributed.run --standalone --nproc_per_node=2"
+    r = fgvc(*arguments(birds, out, tune=1), "--launcher", launcher)
+    assert r.returncode == 0, r.stdout + r.stderr
+    from fgvc.engine.checkpoint import load_checkpoint
+
+    trial = out / "trials" / "test_resnet" / "baseline" / "trial-0"
+    assert load_checkpoint(trial / "last.pt")["world_size"] == 2
+    assert load_checkpoint(out / "runs" / "test_resnet" / "baseline" / "last.pt")["world_size"] == 2
+    assert [t.state.name for t in study(out)] == ["COMPLETE"]
