@@ -189,6 +189,8 @@ def test_entry_point_help_and_error_without_traceback(tmp_path):
                 ["methods"], ["demo"], ["export"], ["localize"]):
         r = subprocess.run(exe + sub + ["--help"], capture_output=True, text=True)
         assert r.returncode == 0 and "usage: fgvc" in r.stdout
+        if not sub:  # the description names every method family
+            assert "CAL, PMG" in " ".join(r.stdout.split())
     r = subprocess.run(exe + ["eval", str(tmp_path / "no-run")], capture_output=True, text=True)
     assert r.returncode == 1 and r.stderr.startswith("error: checkpoint or run folder not found")
     assert "Traceback" not in r.stderr

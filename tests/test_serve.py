@@ -365,3 +365,27 @@ def test_a_burst_of_large_images_gives_its_memory_back(run_dir):
     finally:
         proc.terminate()
         proc.wait(30)
+    said = proc.stdout.read().splitlines()
+    # a line while it loads, then one when it serves; no parser notes or Pillow warnings in the log
+    assert said[0].startswith(f"loading {run_dir} on cpu") and said[1].startswith("serving on http://127.0.0.1:")
+    assert not any("multipart" in line or "DecompressionBomb" in line for line in said), said
+
+
+def test_beyond_loopback_with_a_token_the_service_warns_in_one_line(run_dir):
+    import subprocess
+    import sys
+
+    from browser import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "fgvc", "serve", str(run_dir), "--host", "0.0.0.0", "--port",
+                             str(port), "--device", "cpu", "--token", "s3cret"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert lines[1].startswith(f"warning: serving beyond this machine on 0.0.0.0:{port}; every request must send the "
+                               "token"), lines
+    assert lines[2].startswith(f"serving on http://0.0.0.0:{port}/"), lines
