@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -19,7 +20,6 @@ from typing import Any, Optional
 from ..errors import FgvcError
 from ..report.metrics import read_metrics
 from .plan import Row
-from .tune import HOST, alive
 
 
 def result_path(out: Path, row: Row) -> Path:
@@ -42,6 +42,31 @@ def write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+HOST = socket.gethostname()
+
+
+def alive(attrs: dict[str, Any]) -> bool:
+    """Whether the process that holds a trial (or a claim) may still be running: on another machine it is
+    assumed to be; on this one, its pid must exist."""
+    if attrs.get("host") != HOST:
+        return True
+    try:
+        os.kill(int(attrs.get("pid", 0)), 0)
+        return True
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:  # a process of another user holds the pid
+        return True
+
+
+MACHINE_SETTINGS = ("data.num_workers=", "device=")  # what a machine sets for itself: not a difference of the run
+
+
+def comparable(settings: list[str]) -> list[str]:
+    """A run's settings without those each machine sets for itself (several machines share one comparison)."""
+    return [s for s in settings if not s.startswith(MACHINE_SETTINGS)]
+
+
 def check_finished(out: Path, row: Row, planned: list[str]) -> bool:
     """Whether the row finished with these settings.
 
@@ -51,8 +76,8 @@ def check_finished(out: Path, row: Row, planned: list[str]) -> bool:
     old = read_result(out, row)
     if not old or old.get("exit") != 0:
         return False
-    if old["settings"] != planned:
-        changed = sorted(set(planned) ^ set(old["settings"]))
+    if comparable(old["settings"]) != comparable(planned):
+        changed = sorted(set(comparable(planned)) ^ set(comparable(old["settings"])))
         raise FgvcError(f"{out} holds '{row.describe()}' finished with other settings ({', '.join(changed)}); choose "
                         f"another --out, or delete {result_path(out, row)} and its run folder")
     return True
@@ -110,5 +135,5 @@ def last_validation(run_dir: Path) -> dict[int, float]:
     return {int(r["epoch"]): float(r["top1"]) for r in read_metrics(run_dir) if r.get("kind") == "val"}
 
 
-__all__ = ["result_path", "read_result", "write_json", "check_finished", "claim", "release", "summarize",
+__all__ = ["HOST", "alive", "MACHINE_SETTINGS", "comparable", "result_path", "read_result", "write_json", "check_finished", "claim", "release", "summarize",
            "last_validation"]

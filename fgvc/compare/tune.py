@@ -14,16 +14,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import socket
 import warnings
 from typing import Any, Optional
 
 from ..errors import FgvcError
 from .plan import Comparison, Row
 from .space import Dimension, distributions
+from .store import HOST, alive, comparable
 
 JOURNAL = "study.journal"
-HOST = socket.gethostname()
 
 
 def open_storage(c: Comparison):
@@ -63,20 +62,6 @@ def study_of(storage, row: Row, c: Comparison, asked: int = 0, shared: bool = Fa
                                pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3))
 
 
-def alive(attrs: dict[str, Any]) -> bool:
-    """Whether the process that holds a trial (or a claim) may still be running: on another machine it is
-    assumed to be; on this one, its pid must exist."""
-    if attrs.get("host") != HOST:
-        return True
-    try:
-        os.kill(int(attrs.get("pid", 0)), 0)
-        return True
-    except (ProcessLookupError, ValueError):
-        return False
-    except PermissionError:  # a process of another user holds the pid
-        return True
-
-
 def check_study(storage, row: Row, c: Comparison, base: list[str]) -> None:
     """Refuses to continue a row's study whose trials were run with other settings (another budget, data or
     recipe): its trials would be mixed with this command's.
@@ -86,8 +71,8 @@ def check_study(storage, row: Row, c: Comparison, base: list[str]) -> None:
     """
     for t in study_of(storage, row, c).get_trials(deepcopy=False):
         old = t.user_attrs.get("base")
-        if old is not None and old != base:
-            changed = sorted(set(base) ^ set(old))
+        if old is not None and comparable(old) != comparable(base):
+            changed = sorted(set(comparable(base)) ^ set(comparable(old)))
             raise FgvcError(f"the study of '{row.describe()}' holds trials run with other settings "
                             f"({', '.join(changed)}); choose another --out (or --storage)")
 
@@ -187,5 +172,5 @@ def add_tuning(summary: dict[str, Any], c: Comparison, plan: list[Row], spaces: 
                               "final_minutes": final}
 
 
-__all__ = ["JOURNAL", "open_storage", "study_of", "alive", "check_study", "take_trial", "finished", "trials_of", "best_params",
+__all__ = ["JOURNAL", "open_storage", "study_of", "check_study", "take_trial", "finished", "trials_of", "best_params",
            "add_tuning"]
