@@ -619,8 +619,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("root", nargs="?", help="the dataset's folder (class folders, a CSV, or an official layout); "
                          "default: the dataset file's")
     compare.add_argument("options", nargs="*", metavar="key=value", help="settings for every run (train.seed=1 ...)")
-    compare.add_argument("--dataset", default="folder", help="reader (folder, csv, cub, cars, ...: fgvc data list) or "
-                         "a dataset file (flowers17, cars196)")
+    compare.add_argument("--dataset", default="auto", help="reader (folder, csv, cub, cars, ...: fgvc data list), "
+                         "a dataset file (flowers17, cars196), or auto: told from the folder's files")
     compare.add_argument("--backbone", default="resnet50.tv_in1k", help="timm model name, the same for every method")
     compare.add_argument("--backbones", help="several timm models, comma-separated (one grid); default: --backbone")
     compare.add_argument("--weights", help="local weight files: FILE for the one backbone, or BACKBONE=FILE,...; "

@@ -161,6 +161,28 @@ def test_a_wrong_path_and_a_validation_split_too_small_are_one_line(birds, tmp_p
     assert r.returncode == 1 and "have a single training image" in r.stderr and r.stderr.count("\n") == 1, r.stderr
 
 
+def test_the_reader_is_told_from_the_folder_and_a_folder_of_no_layout_is_one_line(birds, tmp_path, capsys):
+    """Without --dataset, compare reads the official layout it finds (here CUB's files, one folder down)."""
+    from fgvc.cli import main
+    from fgvc.compare import Comparison
+    from fgvc.compare.preflight import check_inputs
+
+    said = []
+    c = Comparison(root=str(birds.parent), dataset="auto", backbones=["test_resnet"], runs=[], out=tmp_path / "o")
+    check_inputs(c, said.append)
+    assert (c.dataset, c.root) == ("cub", str(birds))
+    assert said == [f"reading {birds} as cub (images.txt, train_test_split.txt, image_class_labels.txt); "
+                    "--dataset names another reader"]
+    empty = tmp_path / "notes"
+    empty.mkdir()
+    (empty / "todo.txt").write_text("no images\n")
+    code = main(["compare", str(empty), "--backbone", "test_resnet", "--methods", "baseline", "--out",
+                 str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "no dataset layout fgvc reads was found" in err, err
+    assert not (tmp_path / "x").exists()
+
+
 def test_a_trial_may_be_a_torchrun_group(birds, tmp_path):
     """--launcher: every run of the comparison (its trials included) is a group of two processes."""
     out = tmp_path / "group"

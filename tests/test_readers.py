@@ -330,3 +330,34 @@ def test_every_reader_reads_its_fake(name, kwargs, options, classes, counts, tmp
     assert set(index.train_splits) | set(index.test_splits) <= set(splits(index)) | {"val", "test"}
     for r in index.records:
         assert Path(r.path).is_file() and 0 <= r.label < classes
+
+
+# --- telling the layout from the files (compare's --dataset auto) -----------------------------------
+
+@pytest.mark.parametrize("name,kwargs,options,classes,counts", list(_cases()))
+def test_every_official_layout_is_told_from_its_files(name, kwargs, options, classes, counts, tmp_path):
+    from fakes import FAKES
+
+    from fgvc.data import detect_dataset
+    from fgvc.data.readers.registry import _READERS
+
+    FAKES[name].write(tmp_path / "unpacked", **kwargs)
+    for pointed_at in (tmp_path / "unpacked", tmp_path):  # the archive's folder, or the folder above it
+        if pointed_at == tmp_path and name in ("folder", "csv"):
+            continue  # the user's own layouts are read where the user points, not one level down
+        reader, folder, evidence = detect_dataset(pointed_at)
+        assert _READERS[reader] is _READERS[name], (pointed_at, reader, evidence)
+        assert evidence
+        index = open_dataset(reader, folder, **options)
+        assert index.num_classes == classes
+
+
+def test_a_folder_without_a_known_layout_is_one_line_naming_the_way_out(tmp_path):
+    from fgvc.data import detect_dataset
+
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("no images here")
+    with pytest.raises(DataError, match="no dataset layout fgvc reads.*--dataset"):
+        detect_dataset(tmp_path)
+    with pytest.raises(DataError, match="not found"):
+        detect_dataset(tmp_path / "missing")

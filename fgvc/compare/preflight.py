@@ -21,18 +21,22 @@ def split_arguments(arguments: list[str]) -> tuple[list[str], list[str]]:
     return [a for a in arguments if "=" not in a], [a for a in arguments if "=" in a]
 
 
-def check_inputs(c: Comparison) -> None:
-    """The command line's own values.
+def check_inputs(c: Comparison, log: Callable[[str], None] = print) -> None:
+    """The command line's own values; ``--dataset auto`` becomes the reader the folder's files call for.
 
     Raises:
         FgvcError: The first that cannot work.
     """
-    from ..data import list_datasets
+    from ..data import detect_dataset, list_datasets
 
     if c.root is None and not dataset_file(c.dataset):
         raise FgvcError("compare needs the dataset's folder (or a dataset file: --dataset cars196)")
     if c.root is not None and not Path(c.root).expanduser().exists():
         raise DataError(f"dataset folder not found: {c.root}")
+    if c.dataset == "auto":
+        c.dataset, folder, evidence = detect_dataset(c.root)
+        c.root = str(folder)
+        log(f"reading {folder} as {c.dataset} ({evidence}); --dataset names another reader")
     known = set(list_datasets()) | {"synthetic"}
     if not dataset_file(c.dataset) and c.dataset not in known:
         raise FgvcError(f"--dataset: unknown reader or dataset file '{c.dataset}'; readers: {', '.join(sorted(known))}")
@@ -61,7 +65,7 @@ def check_comparison(c: Comparison, plan: list[Row], log: Callable[[str], None] 
     Raises:
         FgvcError: One line naming the first cause.
     """
-    check_inputs(c)
+    check_inputs(c, log)
     applicable = [row for row in plan if not row.refused]
     for row in plan:
         if row.refused:

@@ -12,7 +12,7 @@ from ..config import DataConfig
 from ..errors import DataError
 from .dataset import ImageDataset, check_images, load_rgb
 from .index import DatasetIndex, check_classes, stratified_split
-from .readers import list_datasets, open_dataset
+from .readers import detect_dataset, list_datasets, open_dataset
 from .record import Record
 from .synthetic import ensure_synthetic
 from .table import RecordTable
@@ -81,4 +81,4 @@ def make_splits(index: DatasetIndex, cfg: DataConfig, seed: int) -> Splits:
 
 
 __all__ = ["DatasetIndex", "Record", "ImageDataset", "Splits", "build_index", "make_splits", "check_images",
-           "load_rgb", "open_dataset", "list_datasets", "ensure_synthetic", "check_classes"]
+           "load_rgb", "open_dataset", "list_datasets", "detect_dataset", "ensure_synthetic", "check_classes"]
