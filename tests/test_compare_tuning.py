@@ -183,6 +183,25 @@ def test_the_reader_is_told_from_the_folder_and_a_folder_of_no_layout_is_one_lin
     assert not (tmp_path / "x").exists()
 
 
+def test_own_class_folders_without_a_test_split_get_one_held_out_for_every_run(tmp_path):
+    """photos/<class>/*.jpg, as the README's first example: compare holds out a seeded test split and says so."""
+    from fakes import jpg
+
+    photos = tmp_path / "photos"
+    for c, colour in (("finch", (200, 40, 40)), ("wren", (40, 40, 200))):
+        for k in range(10):
+            jpg(photos / c / f"{k}.jpg", size=(32, 32), colour=colour)
+    out = tmp_path / "out"
+    r = fgvc("compare", str(photos), "--backbone", "test_resnet", "--methods", "baseline", "--epochs", "1",
+             "--img-size", "32", "--batch-size", "8", "--device", "cpu", "--out", str(out), "model.pretrained=false",
+             "data.num_workers=0")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"reading {photos} as folder (class folders)" in r.stdout
+    assert "has no test split: every run holds out the same seeded 20% of each class" in r.stdout
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["test_images"] == 4  # 2 of each class's 10
+
+
 def test_a_trial_may_be_a_torchrun_group(birds, tmp_path):
     """--launcher: every run of the comparison (its trials included) is a group of two processes."""
     out = tmp_path / "group"

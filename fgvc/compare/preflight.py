@@ -86,7 +86,7 @@ def check_comparison(c: Comparison, plan: list[Row], log: Callable[[str], None] 
             dims = parse_space(space, f"search of {row.spec.method}'s recipe")
             check_space(dims, files, settings)
             spaces[row.key] = dims
-    check_data(c, *first)
+    check_data(c, *first, log=log)
     if c.tune and c.storage:
         from .tune import open_storage
 
@@ -94,8 +94,15 @@ def check_comparison(c: Comparison, plan: list[Row], log: Callable[[str], None] 
     return spaces
 
 
-def check_data(c: Comparison, cfg, files: list[str], settings: list[str]) -> None:
+HELD_OUT_TEST = 0.2  # the test share compare holds out of a user's folder or CSV that has no test split
+
+
+def check_data(c: Comparison, cfg, files: list[str], settings: list[str], log: Callable[[str], None] = print
+               ) -> None:
     """Reads the dataset once (as each run will) and makes its splits, with the tuning's validation split.
+
+    A folder or CSV of the user's own with no test split (``photos/<class>/*.jpg``) gets a seeded, stratified
+    held-out test split, the same for every run (a setting added to ``c.settings``), and the log says so.
 
     Raises:
         FgvcError: The dataset cannot be read or split (two classes, every test class in training, every class
@@ -106,6 +113,15 @@ def check_data(c: Comparison, cfg, files: list[str], settings: list[str]) -> Non
     if c.tune:
         cfg.data.val_fraction = c.val_fraction
     index = build_index(cfg.data)
+    present = set(index.records.present_splits())
+    if index.name in ("folder", "csv") and not present & set(index.test_splits) and \
+            "test_fraction" not in cfg.data.options:
+        held_out = f"data.options.test_fraction={HELD_OUT_TEST}"
+        c.settings.append(held_out)
+        log(f"{index.root} has no test split: every run holds out the same seeded {HELD_OUT_TEST:.0%} of each class "
+            f"as its test set ({held_out})")
+        cfg.data.options["test_fraction"] = HELD_OUT_TEST
+        index = build_index(cfg.data)
     splits = make_splits(index, cfg.data, cfg.train.seed)
     if not splits.test:
         raise DataError(f"{index.name}: the dataset has no test images (a folder without train/ and test/ needs "
