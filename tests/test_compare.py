@@ -109,7 +109,16 @@ def test_compare_on_17_flowers_writes_the_page_and_a_rerun_trains_nothing(tmp_pa
     assert v["diff"] == pytest.approx(100 * (right["dbgce"].mean() - right["baseline"].mean()))
     assert v["only_first"] == int((right["dbgce"] & ~right["baseline"]).sum())
     assert rows["dbgce"]["top1"] == pytest.approx(100 * right["dbgce"].mean())
-    assert rows["dbgce"]["infer_img_per_s"] > 0 and rows["dbgce"]["parameters"] > rows["dbgce"]["trainable"] * 0
+    assert rows["dbgce"]["infer_img_per_s"] > 0
+    assert rows["dbgce"]["parameters"] == rows["dbgce"]["trainable"] > 0  # full fine-tuning trains every parameter
+    # the parameter panel's front is over the parameters trained: a row is off it when the other is at least as
+    # accurate with no more trained parameters (and better in one)
+    base, db = rows["baseline"], rows["dbgce"]
+    beaten = {"baseline": db["top1"] >= base["top1"] and db["trainable"] <= base["trainable"]
+              and (db["top1"] > base["top1"] or db["trainable"] < base["trainable"]),
+              "dbgce": base["top1"] >= db["top1"] and base["trainable"] <= db["trainable"]
+              and (base["top1"] > db["top1"] or base["trainable"] < db["trainable"])}
+    assert sorted(summary["pareto"]["params"]) == sorted(r["key"] for n, r in rows.items() if not beaten[n])
     csv_lines = (out / "results.csv").read_text().splitlines()
     assert csv_lines[0].startswith("backbone,name,method,mode,top1") and len(csv_lines) == 3
     shown = sorted((out / "explain").rglob("*.png"))

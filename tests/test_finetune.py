@@ -62,6 +62,13 @@ def test_lora_trains_resumes_exports_and_serves_the_runs_outputs(recipe, tmp_pat
     merged = load_run(full.run_dir, device="cpu")
     assert unmerged.model.finetune == "lora" and merged.model.finetune == "lora (merged)"
     assert not any("lora" in name for name, _ in merged.model.named_modules())
+    # the run's log counts the parameters as served (adapters merged: none added) and those trained (the adapters)
+    from fgvc.report.metrics import read_metrics
+
+    model = next(r for r in read_metrics(full.run_dir) if r["kind"] == "model")
+    assert model["parameters"] == sum(p.numel() for p in merged.model.parameters())
+    assert model["trainable"] == sum(p.numel() for n, p in unmerged.model.named_parameters()
+                                     if "lora_" in n or not n.startswith("backbone."))
     size = merged.preprocess.img_size
     x = torch.randn(3, 3, size, size)
     with torch.no_grad():

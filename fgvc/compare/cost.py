@@ -1,6 +1,6 @@
 """What each row costs beside what it scores: training seconds per image (from its run's log), inference images/s
-at batch 64 on this device (measured once per run, kept in ``RUN/cost.json``), and its parameters (all, and those
-it trained); and the Pareto front of accuracy against each cost: the rows no other row beats on both."""
+at batch 64 on this device (measured once per run, kept in ``RUN/cost.json``), and the parameters it trained (its
+parameters as served are listed beside); and the Pareto front of accuracy against each cost: the rows no other row beats on both."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ INFER_BATCH = 64
 # cost axis -> (the row's field, lower is better, how the page names it)
 AXES = {"train": ("train_s_per_img", True, "training seconds per image"),
         "infer": ("infer_img_per_s", False, "inference images/s at batch 64"),
-        "params": ("parameters", True, "parameters")}
+        # what a fine-tuning mode saves: the parameters trained (and kept per task); all of them for full fine-tuning
+        "params": ("trainable", True, "parameters trained")}
 
 
 def inference_speed(run_dir: str, device: str = "auto", batch: int = INFER_BATCH, repeats: int = 3) -> float:

@@ -104,8 +104,9 @@ def costs(summary: dict[str, Any], drawn: bool) -> list[str]:
         items.append(f"<li>{escape(words)}: " + ", ".join(f"{escape(r['name'])} on {escape(r['backbone'])}"
                                                            for r in front) + "</li>")
     return ["<h2>Accuracy against cost</h2><p>Training seconds per image on this device (from each run's log), "
-            "inference images/s at batch 64 on this device, and parameters; the Pareto front of each: the rows no "
-            "other row beats on both accuracy and that cost.</p>",
+            "inference images/s at batch 64 on this device, and the parameters each row trained (what LoRA and "
+            "a linear probe save; the table lists all the parameters as served beside); the Pareto front of each: "
+            "the rows no other row beats on both accuracy and that cost.</p>",
             "<img class='plot' id='costs' src='costs.png' alt='accuracy against cost'><ul id='pareto'>"
             + "".join(items) + "</ul>"]
 

@@ -28,7 +28,7 @@ def results_table(rows: list[dict[str, Any]], backbone: str) -> list[str]:
     """A line per row of one backbone: accuracies, the difference to plain fine-tuning, costs and its report."""
     parts = [f"<table class='results' id='results-{escape(backbone)}'><tr><th>run</th><th>mode</th><th>test top-1</th>"
              "<th>mean per class</th><th>vs plain fine-tuning (points, 95% interval)</th><th>p</th><th>verdict</th>"
-             "<th>train s/image</th><th>infer images/s</th><th>parameters (trained)</th><th>minutes</th>"
+             "<th>train s/image</th><th>infer images/s</th><th>parameters served (trained)</th><th>minutes</th>"
              "<th>report</th></tr>"]
     for row in rows:
         difference = row.get("vs_baseline") or {}

@@ -349,7 +349,8 @@ class Trainer:
 
     def _announce(self) -> None:
         cfg, s = self.cfg, self.splits
-        n_params = sum(p.numel() for p in self.model.parameters()) / 1e6
+        # counted as the model is served: LoRA's adapters are merged into the weights they adapt, adding none
+        n_params = sum(p.numel() for name, p in self.model.named_parameters() if "lora_" not in name) / 1e6
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.log.write({"kind": "model", "parameters": int(n_params * 1e6), "trainable": trainable,
                         "finetune": self.model.finetune})
