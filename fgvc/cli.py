@@ -282,6 +282,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     import shlex
 
     from .compare import Budget, Comparison, parse_weights, plan_runs, run_comparison, table
+    from .compare.plan import slug
 
     if args.root and "=" in args.root:  # only key=value settings were given
         args.options.insert(0, args.root)
@@ -292,7 +293,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for note in notes:
         print(f"note: {note}")
     title = args.title or f"{Path(args.root).name if args.root else args.dataset} with {', '.join(backbones)}"
-    c = Comparison(root=args.root, dataset=args.dataset, backbones=backbones, runs=runs, out=Path(args.out).resolve(),
+    # one folder per dataset by default: the same command on another dataset starts its own comparison
+    out = args.out or f"runs/compare-{slug(Path(args.root).resolve().name if args.root else args.dataset)}"
+    c = Comparison(root=args.root, dataset=args.dataset, backbones=backbones, runs=runs, out=Path(out).resolve(),
                    budget=Budget(args.epochs, args.img_size, args.batch_size, args.classes), weights=weights,
                    modes=[m.strip() for m in args.finetune.split(",") if m.strip()], tune=args.tune,
                    val_fraction=args.val_fraction, storage=args.storage, seed=args.seed, device=args.device,
@@ -649,8 +652,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--parallel", type=int, default=0, help="runs at once (0: one on a CPU, by memory on a GPU)")
     compare.add_argument("--device", default="auto", help="auto, cpu, cuda")
     compare.add_argument("--title", help="the page's title; default: the dataset folder and the backbones")
-    compare.add_argument("--out", default="runs/compare", help="folder for the runs, the study, the page and the "
-                         "results")
+    compare.add_argument("--out", help="folder for the runs, the study, the page and the results; default: "
+                         "runs/compare-<the dataset folder's name> (a rerun of the same command continues there)")
     compare.set_defaults(fn=cmd_compare)
 
     bench_index = command("bench-index", "the dataset index at iNaturalist scale: build time and memory, loader "

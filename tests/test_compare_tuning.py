@@ -37,7 +37,8 @@ def arguments(root: Path, out: Path, *extra: str, tune: int = 2, epochs: int = 2
 
 def fgvc(*args: str, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "fgvc", *args], capture_output=True, text=True, env=env, cwd=ROOT,
+    kwargs.setdefault("cwd", ROOT)
+    return subprocess.run([sys.executable, "-m", "fgvc", *args], capture_output=True, text=True, env=env,
                           timeout=600, **kwargs)
 
 
@@ -184,18 +185,19 @@ def test_the_reader_is_told_from_the_folder_and_a_folder_of_no_layout_is_one_lin
 
 
 def test_own_class_folders_without_a_test_split_get_one_held_out_for_every_run(tmp_path):
-    """photos/<class>/*.jpg, as the README's first example: compare holds out a seeded test split and says so."""
+    """photos/<class>/*.jpg, as the README's first example: compare holds out a seeded test split and says so, in
+    its default folder, named after the dataset's."""
     from fakes import jpg
 
     photos = tmp_path / "photos"
     for c, colour in (("finch", (200, 40, 40)), ("wren", (40, 40, 200))):
         for k in range(10):
             jpg(photos / c / f"{k}.jpg", size=(32, 32), colour=colour)
-    out = tmp_path / "out"
     r = fgvc("compare", str(photos), "--backbone", "test_resnet", "--methods", "baseline", "--epochs", "1",
-             "--img-size", "32", "--batch-size", "8", "--device", "cpu", "--out", str(out), "model.pretrained=false",
-             "data.num_workers=0")
+             "--img-size", "32", "--batch-size", "8", "--device", "cpu", "model.pretrained=false",
+             "data.num_workers=0", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
+    out = tmp_path / "runs" / "compare-photos"  # the default OUT: one per dataset folder
     assert f"reading {photos} as folder (class folders)" in r.stdout
     assert "has no test split: every run holds out the same seeded 20% of each class" in r.stdout
     summary = json.loads((out / "results.json").read_text())
