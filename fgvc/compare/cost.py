@@ -1,6 +1,7 @@
 """What each row costs beside what it scores: training seconds per image (from its run's log), inference images/s
 at batch 64 on this device (measured once per run, kept in ``RUN/cost.json``), and the parameters it trained (its
-parameters as served are listed beside); and the Pareto front of accuracy against each cost: the rows no other row beats on both."""
+parameters as served are listed beside); and the Pareto front of accuracy against each cost: the rows no other
+row beats on both."""
 
 from __future__ import annotations
 

@@ -18,8 +18,8 @@ MODE_MARKERS = {"full": "o", "lora": "s", "linear": "^"}
 
 
 def plot_costs(summary: dict[str, Any], path: Path) -> bool:
-    """Test top-1 against each cost (training s/image, inference images/s, parameters trained; log scales), a colour per
-    backbone, a marker per fine-tuning mode; the Pareto front of each panel drawn and its rows ringed."""
+    """Test top-1 against each cost (training s/image, inference images/s, parameters trained; log scales), a
+    colour per backbone, a marker per fine-tuning mode; the Pareto front of each panel drawn and its rows ringed."""
     rows = [r for r in summary["rows"] if r.get("top1") is not None]
     if not rows:
         return False
