@@ -195,6 +195,26 @@ def one_process(synth_root, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.parametrize("mode", ["lora", "linear"])
+def test_a_fine_tuning_mode_trains_the_same_in_two_processes_and_under_bf16(mode, synth_root, tmp_path):
+    """LoRA and the linear probe under DDP: two processes of batch 4 equal one of batch 8; and under bf16 autocast
+    they train to nearly the float32 weights."""
+    extra = [*VIT_RUN, f"model.finetune={mode}", "model.lora.rank=4"]
+    one, two, bf16 = tmp_path / "one", tmp_path / "two", tmp_path / "bf16"
+    code, log = run(args_for(synth_root, one, *extra, "data.batch_size=8"))
+    assert code == 0, log
+    code, log = run(args_for(synth_root, two, *extra, "data.batch_size=4"), torchrun=2)
+    assert code == 0, log
+    trained = [k for k in params(one / "last.pt") if "lora_B" in k or k.startswith("head.")]
+    assert trained and any(params(one / "last.pt")[k].abs().sum() > 0 for k in trained)
+    assert_same_params(one / "last.pt", two / "last.pt", atol=1e-5)
+    code, log = run(args_for(synth_root, bf16, *extra, "data.batch_size=8", "train.amp=bf16"))
+    assert code == 0, log
+    full, low = params(one / "last.pt"), params(bf16 / "last.pt")
+    assert any(not torch.equal(full[k], low[k]) for k in trained)  # autocast did run in bf16
+    assert_same_params(one / "last.pt", bf16 / "last.pt", atol=2e-2)  # bf16 keeps about three digits
+
+
 def test_two_processes_match_one_with_the_same_global_batch(synth_root, tmp_path, one_process):
     one = one_process
     two = tmp_path / "two"
