@@ -64,6 +64,7 @@ from ..errors import (
 from ..losses import build_criterion
 from ..methods import create_model_from_config, validate_config
 from ..methods.base import Method, StepContext, StepOutput
+from ..methods.finetune import is_adapter
 from ..progress import on_terminal, progress_bar, say
 from ..report import write_final_report
 from ..report.metrics import classification_report
@@ -350,7 +351,7 @@ class Trainer:
     def _announce(self) -> None:
         cfg, s = self.cfg, self.splits
         # counted as the model is served: LoRA's adapters are merged into the weights they adapt, adding none
-        n_params = sum(p.numel() for name, p in self.model.named_parameters() if "lora_" not in name) / 1e6
+        n_params = sum(p.numel() for name, p in self.model.named_parameters() if not is_adapter(name)) / 1e6
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.log.write({"kind": "model", "parameters": int(n_params * 1e6), "trainable": trainable,
                         "finetune": self.model.finetune})

@@ -31,6 +31,7 @@ from ..backbones import (
     mean_std,
     stage_info,
 )
+from .finetune import is_adapter
 
 
 @dataclass
@@ -247,7 +248,7 @@ class Method(nn.Module):
     def is_pretrained_parameter(self, name: str) -> bool:
         """Whether a parameter comes from the pretrained backbone (trained at the base LR); LoRA adapters inside it
         are new layers."""
-        return name.startswith("backbone.") and "lora_" not in name
+        return name.startswith("backbone.") and not is_adapter(name)
 
     def train(self, mode: bool = True) -> "Method":
         """As ``nn.Module.train``; a frozen backbone (``model.finetune=linear``) stays in eval mode."""

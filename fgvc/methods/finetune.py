@@ -24,6 +24,11 @@ from ..errors import ConfigError
 MODES = ("full", "linear", "lora")
 
 
+def is_adapter(name: str) -> bool:
+    """Whether a parameter name is one of peft's LoRA adapter weights (``...lora_A...``, ``...lora_B...``)."""
+    return "lora_" in name
+
+
 def lora_targets(backbone: nn.Module, targets: Any) -> list[str]:
     """The names (inside ``backbone``) of the layers that get adapters."""
     linear = [n for n, m in backbone.named_modules() if isinstance(m, nn.Linear)]
@@ -76,8 +81,8 @@ def apply_finetune(method: nn.Module, mode: str, lora: Any) -> None:
     inject_adapter_in_model(LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                        target_modules=names), backbone)
     for name, p in backbone.named_parameters():
-        p.requires_grad = "lora_" in name
-    adapters = sum(p.numel() for n, p in backbone.named_parameters() if "lora_" in n)
+        p.requires_grad = is_adapter(name)
+    adapters = sum(p.numel() for n, p in backbone.named_parameters() if is_adapter(n))
     method.notes.append(f"model.finetune=lora: the backbone is frozen, {len(names)} layers get rank-{lora.rank} "
                         f"adapters ({adapters / 1e6:.2f}M parameters)")
 
@@ -100,4 +105,4 @@ def merge_adapters(method: nn.Module) -> int:
     return merged
 
 
-__all__ = ["MODES", "lora_targets", "check_finetune", "apply_finetune", "merge_adapters"]
+__all__ = ["MODES", "is_adapter", "lora_targets", "check_finetune", "apply_finetune", "merge_adapters"]
