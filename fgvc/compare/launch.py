@@ -44,6 +44,7 @@ class Scheduler:
                 check_study(self.storage, row, c, self.trial_base(row))
         self.running: list[Unit] = []
         self.attempted: set[str] = set()  # rows this process ran: a failed one is not run again until the next call
+        self.finished: set[str] = set()  # rows found finished (by any process)
 
     # -- what to run ------------------------------------------------------------------------------------
 
@@ -71,8 +72,14 @@ class Scheduler:
         return check_finished(self.c.out, row, self.planned(row))
 
     def settled(self, row: Row) -> bool:
-        """Finished, or failed in this process."""
-        return row.key in self.attempted or self.done(row)
+        """Finished, or failed in this process. A finished row stays finished: it is read from OUT once, not on
+        every pass of the loop."""
+        if row.key in self.attempted or row.key in self.finished:
+            return True
+        if self.done(row):
+            self.finished.add(row.key)
+            return True
+        return False
 
     def next_unit(self) -> Optional[Unit]:
         """The first work in row order that this process may take now (None: none)."""
