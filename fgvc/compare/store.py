@@ -135,5 +135,5 @@ def last_validation(run_dir: Path) -> dict[int, float]:
     return {int(r["epoch"]): float(r["top1"]) for r in read_metrics(run_dir) if r.get("kind") == "val"}
 
 
-__all__ = ["HOST", "alive", "MACHINE_SETTINGS", "comparable", "result_path", "read_result", "write_json", "check_finished", "claim", "release", "summarize",
-           "last_validation"]
+__all__ = ["HOST", "alive", "MACHINE_SETTINGS", "comparable", "result_path", "read_result", "write_json",
+           "check_finished", "claim", "release", "summarize", "last_validation"]
